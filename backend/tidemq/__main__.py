@@ -1,0 +1,5 @@
+import sys
+
+from tidemq.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The broker node: the Trio shell around the store, protocol and replication."""

@@ -1,0 +1,152 @@
+"""The broker node: one nursery that owns every service of a broker.
+
+    Broker.run()
+      ├── StoreService.run          store open/recovery, flusher, segment preparer, retention
+      ├── net.serve(self.handle)     the RPC server (one task per connection)
+      ├── _housekeeping             expire silent consumers, persist offsets and topics
+      └── (later) name-server heartbeat, replication, timing wheel, transaction checker
+
+``handle`` dispatches each request to its processor by code (processors/). Shutdown is
+cancellation: the store closes with a final flush, then offsets and topics are saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import final
+
+import trio
+
+from tidemq.broker.consumer_groups import ConsumerGroups
+from tidemq.broker.long_polling import PullWaiters
+from tidemq.broker.offsets import ConsumerOffsets
+from tidemq.broker.queue_locks import QueueLocks
+from tidemq.broker.store_service import StoreService
+from tidemq.broker.topics import TopicManager
+from tidemq.common.clock import Clock
+from tidemq.common.ids import encode_message_id
+from tidemq.config import TidemqConfig
+from tidemq.errors import InvalidArgument
+from tidemq.net import ConnectionOptions, ServerConnectionContext, serve
+from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.events import Request, Response
+from tidemq.protocol.record import compact_host, pack_host
+from tidemq.store import MessageStore, RecoveryReport
+
+logger = logging.getLogger("tidemq.broker.node")
+
+Processor = Callable[["Broker", Request, ServerConnectionContext], Awaitable[Response | None]]
+
+CONSUMER_EXPIRY_S = 30.0
+HOUSEKEEPING_INTERVAL_S = 2.0
+OFFSET_PERSIST_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStarted:
+    """What ``run`` reports through ``task_status`` once it serves."""
+
+    host: str
+    port: int
+    recovery: RecoveryReport
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@final
+class Broker:
+    def __init__(self, config: TidemqConfig, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.store = MessageStore(config.store, clock=clock, host=config.broker.host,
+                                  port=config.broker.port)
+        self.store_service = StoreService(self.store)
+        directory = self.store.directory
+        self.topics = TopicManager(directory, auto_create=config.broker.auto_create_topics,
+                                   default_queue_count=config.broker.default_queue_count)
+        self.offsets = ConsumerOffsets(directory)
+        self.groups = ConsumerGroups(CONSUMER_EXPIRY_S)
+        self.queue_locks = QueueLocks()
+        self.waiters = PullWaiters()
+        self.host = config.broker.host
+        self.port = config.broker.port
+        self._host_compact = compact_host(pack_host(config.broker.host))
+        self._round_robin: dict[str, int] = {}
+        self._processors: dict[RequestCode, Processor] = {}
+        self._metadata_lock = trio.Lock()
+        from tidemq.broker.processors import register_all
+
+        register_all(self._processors)
+
+    async def run(self, *, task_status: trio.TaskStatus[BrokerStarted] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                recovery = await nursery.start(self.store_service.run)
+                await trio.to_thread.run_sync(self._load_metadata)
+                broker_config = self.config.broker
+                options = ConnectionOptions(
+                    max_in_flight_requests=broker_config.max_in_flight_requests)
+                identity = {"cluster": broker_config.cluster, "group": broker_config.group}
+                addresses = await nursery.start(partial(
+                    serve, self.handle, broker_config.host, broker_config.port,
+                    options=options, hello_timeout_ms=broker_config.hello_timeout_ms,
+                    hello_fields={"broker": identity}))
+                host, port = addresses[0]
+                if self.port == 0:  # bound to a free port (tests): ids must name the real one
+                    self.port = port
+                    self.store.port = port
+                    self.store.log.store_port = port
+                nursery.start_soon(self._housekeeping)
+                task_status.started(BrokerStarted(host, port, recovery))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._save_metadata)
+
+    def _load_metadata(self) -> None:
+        os.makedirs(self.store.directory, exist_ok=True)
+        self.topics.load()
+        self.offsets.load()
+
+    def _save_metadata(self) -> None:
+        self.topics.save()
+        self.offsets.save()
+
+    async def persist_topics(self) -> None:
+        """Save topic config now (admin changes are acknowledged after this)."""
+        async with self._metadata_lock:
+            await trio.to_thread.run_sync(self.topics.save)
+
+    async def _housekeeping(self) -> None:
+        last_persist = trio.current_time()
+        while True:
+            await trio.sleep(HOUSEKEEPING_INTERVAL_S)
+            now = trio.current_time()
+            for group, client_id in self.groups.expire(now):
+                self.queue_locks.release_client(group, client_id)
+                logger.info("consumer expired", extra={"group": group, "client": client_id})
+            if self.offsets.dirty and now - last_persist >= OFFSET_PERSIST_INTERVAL_S:
+                async with self._metadata_lock:
+                    await trio.to_thread.run_sync(self.offsets.save)
+                last_persist = now
+
+    async def handle(self, request: Request, context: ServerConnectionContext
+                     ) -> Response | None:
+        processor = self._processors.get(request.code)
+        if processor is None:
+            raise InvalidArgument(f"request code {request.code.name} is not served by a broker")
+        return await processor(self, request, context)
+
+    # -- helpers shared by processors ---------------------------------------------------
+    def message_id(self, commit_offset: int) -> str:
+        return encode_message_id(self._host_compact, self.port, commit_offset)
+
+    def next_queue(self, topic: str, queue_count: int) -> int:
+        position = self._round_robin.get(topic, -1) + 1
+        self._round_robin[topic] = position
+        return position % queue_count

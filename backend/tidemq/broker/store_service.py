@@ -1,0 +1,152 @@
+"""The store's Trio shell: appends on the event loop, fsync and housekeeping in threads.
+
+    put_batch (event loop) --> MessageStore.put_batch (memcpy into mmap, dispatch)
+         |  flush = "sync": wait until the flusher has fsync'd past the batch's end
+         v
+    flusher task:   plan_flush (loop) -> FlushPlan.execute (worker thread) -> complete_flush
+    preparer task:  preallocate + populate the next segment (worker thread), ahead of need
+    retention task: apply_retention every retention_check_interval_ms
+
+Group commit: while one fsync runs in its thread, more writers append; the next flush
+covers all of them with one fsync. ``flush = "async"`` acknowledges at once and fsyncs every
+``flush_interval_ms``; ``flush = "sync"`` acknowledges after the batch's fsync, or raises
+``FlushTimeout`` after ``sync_flush_timeout_ms`` (the record is stored, not yet durable).
+
+Shutdown is cancellation: ``run`` closes the store (final flush + checkpoint) in a shielded
+scope, so everything acknowledged is flushed on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import final
+
+import trio
+
+from tidemq.config import StoreConfig
+from tidemq.errors import FlushTimeout, StoreClosed
+from tidemq.store import MessageStore, PutResult, RecoveryReport
+
+logger = logging.getLogger("tidemq.broker.store_service")
+
+
+@final
+class StoreService:
+    def __init__(self, store: MessageStore) -> None:
+        self.store = store
+        self.config: StoreConfig = store.config
+        self._flush_waiters: list[tuple[int, trio.Event]] = []
+        self._flush_wanted = trio.Event()
+        self._prepare_wanted = trio.Event()
+        self._running = False
+        self._last_checkpoint = 0.0
+        self.flushes = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[RecoveryReport] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Open the store, serve until cancelled, then close it cleanly."""
+        report = await trio.to_thread.run_sync(self.store.open)
+        self._log_recovery(report)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._flush_loop)
+                nursery.start_soon(self._prepare_loop)
+                nursery.start_soon(self._retention_loop)
+                self._running = True
+                self._prepare_wanted.set()
+                task_status.started(report)
+        finally:
+            self._running = False
+            for _, event in self._flush_waiters:
+                event.set()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.store.close)
+
+    async def put_batch(self, topic: str, queue_id: int, drafts: Sequence[bytes]) -> PutResult:
+        """Store a batch and return once it is acknowledged under the flush mode.
+
+        Raises:
+            MessageIllegal, DiskFull: from the store (nothing written).
+            FlushTimeout: sync flush did not finish in time (the batch *is* stored).
+            StoreClosed: the service is not running.
+        """
+        if not self._running:
+            raise StoreClosed("the store service is not running")
+        result = self.store.put_batch(topic, queue_id, drafts)
+        segment = self.store.log.segments.last
+        if self.store.log.write_offset - segment.start > segment.size // 2:
+            self._prepare_wanted.set()
+        if self.config.flush == "sync":
+            await self.wait_flushed(result.end_offset)
+        return result
+
+    async def wait_flushed(self, offset: int) -> None:
+        """Wait until the commit log is fsync'd up to ``offset``."""
+        if self.store.log.flushed_offset >= offset:
+            return
+        event = trio.Event()
+        self._flush_waiters.append((offset, event))
+        self._flush_wanted.set()
+        with trio.move_on_after(self.config.sync_flush_timeout_ms / 1000):
+            await event.wait()
+        if self.store.log.flushed_offset < offset:
+            if not self._running:
+                raise StoreClosed("the store closed before the batch was flushed")
+            raise FlushTimeout(f"fsync did not reach offset {offset} within "
+                               f"{self.config.sync_flush_timeout_ms} ms")
+
+    async def _flush_loop(self) -> None:
+        interval_s = self.config.flush_interval_ms / 1000
+        checkpoint_s = self.config.checkpoint_interval_ms / 1000
+        while True:
+            with trio.move_on_after(interval_s):
+                await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            now = trio.current_time()
+            with_indexes = now - self._last_checkpoint >= checkpoint_s
+            if not with_indexes and self.store.log.flushed_offset >= \
+                    self.store.log.write_offset:
+                continue
+            plan = self.store.plan_flush(with_indexes=with_indexes)
+            await trio.to_thread.run_sync(plan.execute)
+            self.store.complete_flush(plan)
+            self.flushes += 1
+            if with_indexes:
+                self._last_checkpoint = now
+            self._wake_flushed()
+
+    def _wake_flushed(self) -> None:
+        flushed = self.store.log.flushed_offset
+        waiting: list[tuple[int, trio.Event]] = []
+        for offset, event in self._flush_waiters:
+            if offset <= flushed:
+                event.set()
+            else:
+                waiting.append((offset, event))
+        self._flush_waiters = waiting
+        if waiting:
+            self._flush_wanted.set()
+
+    async def _prepare_loop(self) -> None:
+        while True:
+            await self._prepare_wanted.wait()
+            self._prepare_wanted = trio.Event()
+            await trio.to_thread.run_sync(self.store.prepare_next_segment)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.retention_check_interval_ms / 1000)
+            report = self.store.apply_retention()
+            if report.commit_log_segments_deleted:
+                logger.info("retention", extra={"deleted": report.commit_log_segments_deleted,
+                                                "reasons": report.reasons})
+
+    @staticmethod
+    def _log_recovery(report: RecoveryReport) -> None:
+        if report.dropped or report.checkpoint_problem or report.consume_queue_problems:
+            logger.warning("store recovered with damage", extra={
+                "dropped": [(d.offset, d.bytes, d.records, d.action) for d in report.dropped],
+                "checkpoint_problem": report.checkpoint_problem,
+                "consume_queue_problems": report.consume_queue_problems,
+            })

@@ -1,0 +1,1 @@
+"""The ``tidemq`` command line. Nothing imports this package."""

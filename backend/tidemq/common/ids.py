@@ -1,0 +1,61 @@
+"""Message ids.
+
+An offset-based message id names where a message is stored: the store host's address and
+the commit-log offset, as upper-case hex (like RocketMQ's ``offsetMsgId``)::
+
+    IPv4:  ip (4 bytes) | port (u16) | commit-log offset (u64)    = 14 bytes, 28 hex digits
+    IPv6:  ip (16 bytes) | port (u16) | commit-log offset (u64)   = 26 bytes, 52 hex digits
+
+Decoding gives the broker to ask and the offset to read, so a lookup by id needs no index.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import struct
+from dataclasses import dataclass
+
+_TAIL = struct.Struct(">HQ")
+_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageId:
+    host: str
+    port: int
+    commit_offset: int
+
+
+def host_bytes(host: str) -> bytes:
+    """The packed address of ``host`` (an IPv4 or IPv6 literal)."""
+    return ipaddress.ip_address(host).packed
+
+
+def encode_message_id(host_packed: bytes, port: int, commit_offset: int) -> str:
+    """Encode an offset-based message id from a packed address (4 or 16 bytes).
+
+    Raises:
+        ValueError: the address is not 4 or 16 bytes, or the port or offset is out of range.
+    """
+    if len(host_packed) not in (4, 16):
+        raise ValueError("a host address is 4 (IPv4) or 16 (IPv6) bytes")
+    if not 0 <= port <= 0xFFFF or not 0 <= commit_offset < 2**64:
+        raise ValueError(f"port {port} or commit offset {commit_offset} out of range")
+    return (host_packed + _TAIL.pack(port, commit_offset)).hex().upper()
+
+
+def decode_message_id(text: str) -> MessageId:
+    """Decode an offset-based message id. Raises ValueError if ``text`` is not one."""
+    if not _HEX.fullmatch(text):  # whole bytes only (bytes.fromhex would take spaces)
+        raise ValueError(f"not a message id: {text!r}")
+    raw = bytes.fromhex(text)
+    if len(raw) == 4 + _TAIL.size:
+        address_length = 4
+    elif len(raw) == 16 + _TAIL.size:
+        address_length = 16
+    else:
+        raise ValueError(f"not a message id: {text!r} (wrong length)")
+    port, commit_offset = _TAIL.unpack(raw[address_length:])
+    host = str(ipaddress.ip_address(raw[:address_length]))
+    return MessageId(host=host, port=port, commit_offset=commit_offset)

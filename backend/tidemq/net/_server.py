@@ -1,0 +1,164 @@
+"""The server end: ``serve()`` accepts connections and runs a frame pump for each.
+
+A service in the Trio manner: start it with ``await nursery.start(serve, handler, host,
+port)`` (or an anyio task group's ``start``); it binds, reports the bound addresses through
+``task_status`` (bind port 0 in tests and read the real port there), and serves until
+cancelled. Each accepted connection gets its own task, its own sans-IO ``Connection`` and
+its own limits, so one misbehaving peer costs only its own connection::
+
+    accept --> connection task: Session.run()                    (see _session)
+                 first frame must be HELLO, within hello_timeout_ms, else close
+                 HELLO         --> answered here: {version, **hello_fields}
+                 other request --> handler(request, context) in a task, at most
+                                   max_in_flight_requests at once, else SYSTEM_BUSY
+                 bad bytes     --> PROTOCOL_ERROR answer (when possible), then close
+
+The handler returns the ``Response`` (build it with ``request.respond(...)``), or None for
+a oneway request. Raising a ``TideError`` answers with its code and remark; raising anything
+else answers INTERNAL and logs the traceback here. Neither ends the connection or the
+server.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Final, TypeAlias, final
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSListener
+
+from tidemq.net._options import ConnectionOptions, ConnectionStatistics
+from tidemq.net._session import Session
+from tidemq.protocol.codes import PROTOCOL_VERSION, RequestCode
+from tidemq.protocol.connection import Connection, Role
+from tidemq.protocol.events import Fields, Request, Response
+
+logger = logging.getLogger("tidemq.net.server")
+
+DEFAULT_HELLO_TIMEOUT_MS: Final = 10_000
+
+Handler: TypeAlias = Callable[[Request, "ServerConnectionContext"], Awaitable[Response | None]]
+
+
+@final
+class ServerConnectionContext:
+    """What a handler knows about the connection a request came on."""
+
+    def __init__(self, session: Session, remote_address: str) -> None:
+        self._session = session
+        self.remote_address = remote_address
+        """``host:port`` of the peer."""
+
+    @property
+    def client_id(self) -> str:
+        """The client id from the peer's HELLO (handlers only ever run after it)."""
+        client_id = self._session.connection.client_id
+        assert client_id is not None
+        return client_id
+
+    @property
+    def protocol_version(self) -> int:
+        version = self._session.connection.protocol_version
+        assert version is not None
+        return version
+
+    def statistics(self) -> ConnectionStatistics:
+        return self._session.statistics()
+
+    def close(self) -> None:
+        """Drop this connection: the peer's waiting requests fail with ConnectionClosed."""
+        self._session.close("connection closed by the server")
+
+
+async def serve(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    options: ConnectionOptions | None = None,
+    hello_timeout_ms: int = DEFAULT_HELLO_TIMEOUT_MS,
+    hello_fields: Fields | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: anyio.abc.TaskStatus[list[tuple[str, int]]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve TideMQ connections on ``host:port`` until cancelled.
+
+    Args:
+        handler: ``async def handler(request, context) -> Response | None``.
+        options: per-connection limits (frame sizes, in-flight window, buffers).
+        hello_timeout_ms: a peer that has not sent HELLO by then is disconnected.
+        hello_fields: what the HELLO answer tells clients besides ``version`` (a broker
+            puts its identity here).
+        ssl_context: when given, connections are TLS (the seam for encrypted transport).
+        task_status: receives the bound ``(host, port)`` addresses once accepting.
+    """
+    options = options or ConnectionOptions()
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    addresses = [_host_and_port(one.extra(anyio.abc.SocketAttribute.local_address))
+                 for one in listener.listeners]
+    serving: anyio.abc.Listener[anyio.abc.ByteStream] = listener
+    if ssl_context is not None:
+        serving = TLSListener(listener, ssl_context, standard_compatible=False)
+    async with serving:
+        logger.info("serving", extra={"addresses": addresses})
+        task_status.started(addresses)
+        hello_answer = {**(hello_fields or {}), "version": PROTOCOL_VERSION}
+        await serving.serve(
+            partial(_serve_connection, handler, options, hello_timeout_ms, hello_answer)
+        )
+
+
+async def _serve_connection(
+    handler: Handler,
+    options: ConnectionOptions,
+    hello_timeout_ms: int,
+    hello_answer: Fields,
+    stream: anyio.abc.ByteStream,
+) -> None:
+    remote_address = _describe_peer(stream)
+    hello_received = anyio.Event()
+
+    async def dispatch(request: Request) -> Response | None:
+        if request.code is RequestCode.HELLO:
+            hello_received.set()
+            return request.respond(hello_answer)
+        return await handler(request, context)
+
+    session = Session(stream, Connection(Role.SERVER, limits=options.frame_limits),
+                      handler=dispatch, options=options, peer_name=remote_address)
+    context = ServerConnectionContext(session, remote_address)
+    async with anyio.create_task_group() as watchdog_group:
+        watchdog_group.start_soon(_close_without_hello, session, hello_received,
+                                  hello_timeout_ms)
+        await session.run()
+        watchdog_group.cancel_scope.cancel()
+
+
+async def _close_without_hello(
+    session: Session, hello_received: anyio.Event, hello_timeout_ms: int
+) -> None:
+    with anyio.move_on_after(hello_timeout_ms / 1000):
+        await hello_received.wait()
+        return
+    logger.info("no_hello", extra={"timeout_ms": hello_timeout_ms})
+    session.close(f"no HELLO within {hello_timeout_ms} ms")
+
+
+def _host_and_port(address: object) -> tuple[str, int]:
+    assert isinstance(address, tuple)
+    host, port = address[0], address[1]
+    assert isinstance(host, str)
+    assert isinstance(port, int)
+    return host, port
+
+
+def _describe_peer(stream: anyio.abc.ByteStream) -> str:
+    try:
+        host, port = _host_and_port(stream.extra(anyio.abc.SocketAttribute.remote_address))
+    except anyio.TypedAttributeLookupError:
+        return "unknown"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,345 @@
+"""The frame pump: one sans-IO ``Connection`` driven over one anyio byte stream.
+
+Both ends of a TideMQ connection run the same pump; only the handshake differs (the client
+sends HELLO in ``connect``, the server answers it in ``serve``). Three kinds of tasks meet
+here::
+
+                      +-------------------- Session.run() -------------------+
+    socket --receive--> reader: Connection.receive_data / next_event          |
+                      |   Response --> waiters[opaque].succeed()  ----------+ |
+                      |   Request  --> handler task (at most N at once) --+ | |
+                      |                or SYSTEM_BUSY at once             | | |
+                      | writer: FrameWriter.run() <-- responses ----------+ | |
+    socket <--send----+                             <-- requests ----+      | |
+                      +----------------------------------------------|------|-+
+    requesting tasks (callers of request()) -------------------------+      |
+                      await waiter  <---------------------------------------+
+
+* Correlation: ``request()`` takes the next opaque, registers a waiter under it, queues the
+  frame and waits. The reader completes the waiter whose opaque the response carries; a
+  response without a waiter (its request timed out or was cancelled) is dropped. Request
+  timeouts are deadlines in the waiter table, expired by one task per connection (see
+  ``_pending`` for why not a cancel scope per request).
+* Limits: at most ``max_outstanding_requests`` of our requests await answers (more wait
+  for a slot); at most ``max_in_flight_requests`` of the peer's requests are handled at once
+  (more are answered SYSTEM_BUSY at once, never queued); the send queue is bounded by
+  bytes (see ``_writer``); reads are ``receive_size_bytes`` at a time.
+* Handler errors never end the connection: an exception becomes an error response (a
+  ``TideError`` keeps its code, anything else is INTERNAL and logged).
+
+Resource handling: the conversation ends when the peer closes, breaks the protocol, the
+socket fails, or ``close()`` is called. Then every waiter fails with ``ConnectionClosed``,
+handler tasks are cancelled, what is queued is flushed for at most
+``flush_on_close_timeout_ms`` (so a PROTOCOL_ERROR answer reaches a misbehaving peer), and
+the stream is closed. ``run()`` returns normally in all these cases.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias, final
+
+import anyio
+import anyio.abc
+
+from tidemq.errors import ErrorCode, TideError
+from tidemq.net._errors import ConnectionClosed, RequestTimeout
+from tidemq.net._options import ConnectionOptions, ConnectionStatistics
+from tidemq.net._pending import PendingRequests, fresh_copy
+from tidemq.net._writer import FrameWriter
+from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.connection import Connection, Role
+from tidemq.protocol.events import NEED_DATA, PEER_CLOSED, Body, Fields, Request, Response
+from tidemq.protocol.exceptions import (
+    ConnectionBroken,
+    LocalProtocolError,
+    RemoteProtocolError,
+    error_response,
+)
+from tidemq.protocol.frame import encode_response
+
+logger = logging.getLogger("tidemq.net.session")
+
+RequestHandler: TypeAlias = Callable[[Request], Awaitable[Response | None]]
+
+
+def _closed(remark: str, cause: BaseException | None = None) -> ConnectionClosed:
+    error = ConnectionClosed(remark)
+    error.__cause__ = cause
+    return error
+
+
+@final
+class Session:
+    """One conversation over ``stream``. See the module docstring."""
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        connection: Connection,
+        *,
+        handler: RequestHandler | None,
+        options: ConnectionOptions,
+        peer_name: str,
+    ) -> None:
+        self._stream = stream
+        self._connection = connection
+        self._handler = handler
+        self._options = options
+        self._peer_name = peer_name
+        self._writer = FrameWriter(stream, high_water_bytes=options.send_high_water_bytes)
+        self._pending = PendingRequests(options.max_outstanding_requests)
+        self._in_flight_requests = 0
+        self._close_reason: ConnectionClosed | None = None
+        self._peer_complaint = ""
+        self._cancel_scope = anyio.CancelScope()
+        self._running = False
+        self._finished = anyio.Event()
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    @property
+    def closed(self) -> bool:
+        return self._close_reason is not None
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            outstanding_requests=len(self._pending),
+            in_flight_requests=self._in_flight_requests,
+            queued_send_bytes=self._writer.queued_bytes,
+            closed=self.closed,
+        )
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        """Pump frames until the conversation ends (see the module docstring)."""
+        self._running = True
+        task_status.started()
+        try:
+            with self._cancel_scope:
+                async with anyio.create_task_group() as io_group:
+                    io_group.start_soon(self._write_until_closed)
+                    io_group.start_soon(self._pending.expire_forever)
+                    async with anyio.create_task_group() as handler_group:
+                        self._mark_closed(await self._read_until_closed(handler_group))
+                        handler_group.cancel_scope.cancel()
+                    await self._flush_before_close()
+                    io_group.cancel_scope.cancel()
+        finally:
+            self._mark_closed(ConnectionClosed("connection closed"))
+            self._writer.close()
+            await anyio.aclose_forcefully(self._stream)
+            self._finished.set()
+
+    def close(self, remark: str = "connection closed by this end") -> None:
+        """End the conversation now: fail waiters, cancel handlers, close the stream."""
+        self._mark_closed(ConnectionClosed(remark))
+        self._cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """``close()``, then wait until the stream is closed."""
+        self.close()
+        if self._running:
+            await self._finished.wait()
+        else:
+            await anyio.aclose_forcefully(self._stream)
+
+    async def request(
+        self, code: RequestCode, fields: Fields, body: Body, *, timeout_ms: int
+    ) -> Response:
+        """Send a request and wait for its response, whatever its code.
+
+        Raises:
+            RequestTimeout: no response within ``timeout_ms`` (the waiter is removed).
+            ConnectionClosed: the connection closed before the response arrived.
+            LocalProtocolError: the request cannot be encoded (nothing was sent).
+        """
+        deadline = anyio.current_time() + timeout_ms / 1000
+        if not self._has_room_to_request() and not await self._wait_for_room(deadline):
+            raise RequestTimeout(f"no room to send {code.name} within {timeout_ms} ms")
+        self._raise_if_closed()
+        # From here to write_nowait nothing awaits: frames leave in opaque order, and the
+        # slot checked above is still free.
+        opaque = self._connection.next_opaque()
+        frame = self._send_request(Request(code, opaque, fields, body))
+        waiter = self._pending.add(opaque, code, deadline, timeout_ms)
+        try:
+            self._writer.write_nowait(frame)
+            return await waiter.wait()
+        finally:
+            self._pending.finish(opaque)
+
+    async def send_oneway(
+        self, code: RequestCode, fields: Fields, body: Body, *, timeout_ms: int
+    ) -> None:
+        """Queue a oneway request (no response). Waits only for room in the send queue."""
+        deadline = anyio.current_time() + timeout_ms / 1000
+        if not self._writer.has_room() and not await self._wait_for_room(deadline):
+            raise RequestTimeout(f"no room to send {code.name} within {timeout_ms} ms")
+        self._raise_if_closed()
+        opaque = self._connection.next_opaque()
+        frame = self._send_request(Request(code, opaque, fields, body, oneway=True))
+        self._writer.write_nowait(frame)
+
+    def _has_room_to_request(self) -> bool:
+        return self._pending.has_free_slot() and self._writer.has_room()
+
+    async def _wait_for_room(self, deadline: float) -> bool:
+        """Wait for a free slot and room in the send queue; False if the deadline came first.
+        The slow path only: a cancel scope costs more than the whole fast path."""
+        with anyio.move_on_at(deadline):
+            while not self.closed:
+                if not self._pending.has_free_slot():
+                    await self._pending.wait_slot_freed()
+                elif not self._writer.has_room():
+                    await self._writer.wait_ready()
+                else:
+                    return True
+            return True  # closed: the caller raises ConnectionClosed
+        return False
+
+    def _send_request(self, request: Request) -> bytes:
+        try:
+            return self._connection.send_request(request)
+        except ConnectionBroken as exc:
+            raise _closed("the connection failed", exc) from exc
+
+    def _raise_if_closed(self) -> None:
+        if self._close_reason is not None:
+            raise fresh_copy(self._close_reason)
+        if self._writer.closed:
+            raise _closed("the connection is closing")
+
+    def _mark_closed(self, reason: ConnectionClosed) -> None:
+        if self._close_reason is not None:
+            return
+        self._close_reason = reason
+        self._pending.fail_all(reason)
+
+    async def _write_until_closed(self) -> None:
+        await self._writer.run()
+        if self._writer.failure is not None:
+            self._mark_closed(_closed("connection lost while sending", self._writer.failure))
+            self._cancel_scope.cancel()
+
+    async def _flush_before_close(self) -> None:
+        self._writer.close()
+        with anyio.move_on_after(self._options.flush_on_close_timeout_ms / 1000):
+            await self._writer.wait_flushed()
+
+    async def _read_until_closed(self, handler_group: anyio.abc.TaskGroup) -> ConnectionClosed:
+        while True:
+            reason = await self._dispatch_buffered_events(handler_group)
+            if reason is not None:
+                return reason
+            try:
+                data = await self._stream.receive(self._options.receive_size_bytes)
+            except anyio.EndOfStream:
+                data = b""
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                return _closed("connection lost while receiving", exc)
+            self._connection.receive_data(data)
+
+    async def _dispatch_buffered_events(
+        self, handler_group: anyio.abc.TaskGroup
+    ) -> ConnectionClosed | None:
+        """Act on every whole frame buffered; a reason when the conversation is over."""
+        while True:
+            try:
+                event = self._connection.next_event()
+            except RemoteProtocolError as exc:
+                self._answer_protocol_error(exc)
+                return _closed(f"the peer broke the protocol: {exc.remark}", exc)
+            if event is NEED_DATA:
+                return None
+            if event is PEER_CLOSED:
+                if self._peer_complaint:
+                    return _closed(f"peer closed after a protocol error: {self._peer_complaint}")
+                return ConnectionClosed("peer closed the connection")
+            if isinstance(event, Response):
+                self._deliver(event)
+            else:
+                await self._admit(event, handler_group)
+
+    def _deliver(self, response: Response) -> None:
+        if self._pending.complete(response):
+            return
+        if response.code == ErrorCode.PROTOCOL_ERROR:
+            self._peer_complaint = response.remark
+        logger.debug("response_without_waiter",
+                     extra={"peer": self._peer_name, "opaque": response.opaque})
+
+    def _answer_protocol_error(self, error: RemoteProtocolError) -> None:
+        logger.warning("peer_protocol_error",
+                       extra={"peer": self._peer_name, "remark": error.remark})
+        # Only a server answers: its peer sent requests, so an error response has a home (the
+        # offending request's id, or 0 when the header was unreadable: the client keeps the
+        # remark as the reason the connection closed). A client just closes.
+        if self._connection.role is not Role.SERVER or self._writer.closed:
+            return
+        opaque = error.opaque if error.opaque is not None else 0
+        # The connection is in ERROR now, so the frame is built by the stateless codec.
+        frame = encode_response(error_response(opaque, error), self._connection.limits)
+        self._writer.write_nowait(frame)
+
+    async def _admit(self, request: Request, handler_group: anyio.abc.TaskGroup) -> None:
+        if self._in_flight_requests >= self._options.max_in_flight_requests:
+            if request.oneway:
+                logger.warning("oneway_dropped_busy",
+                               extra={"peer": self._peer_name, "code": request.code.name})
+                return
+            remark = f"over {self._options.max_in_flight_requests} requests in flight"
+            await self._send_response(request.respond(code=ErrorCode.SYSTEM_BUSY, remark=remark))
+            return
+        self._in_flight_requests += 1
+        # A fixed name spares anyio from deriving one from the callable on every request.
+        handler_group.start_soon(self._handle, request, name="tidemq.net.handler")
+
+    async def _handle(self, request: Request) -> None:
+        try:
+            response = await self._call_handler(request)
+            if response is not None:
+                await self._send_response(response)
+        finally:
+            self._in_flight_requests -= 1
+
+    async def _call_handler(self, request: Request) -> Response | None:
+        if self._handler is None:
+            remark = f"{request.code.name} is not served by this end"
+            return None if request.oneway else request.respond(
+                code=ErrorCode.INVALID_ARGUMENT, remark=remark)
+        try:
+            response = await self._handler(request)
+        except Exception as exc:
+            if not isinstance(exc, TideError):
+                logger.exception("handler_failed",
+                                 extra={"peer": self._peer_name, "code": request.code.name})
+            return None if request.oneway else error_response(request.opaque, exc)
+        if request.oneway:
+            return None
+        # Checked at run time too: a handler is user code, and a wrong return value must
+        # not take the connection down.
+        if not isinstance(response, Response) or response.opaque != request.opaque:
+            logger.error("handler_bad_response",
+                         extra={"peer": self._peer_name, "code": request.code.name})
+            return request.respond(code=ErrorCode.INTERNAL, remark="handler gave no response")
+        return response
+
+    async def _send_response(self, response: Response) -> None:
+        await self._writer.wait_ready()
+        if self._writer.closed:
+            return  # the conversation is ending: no one to answer
+        try:
+            frame = self._connection.send_response(response)
+        except LocalProtocolError as exc:
+            logger.error("response_not_encodable",
+                         extra={"peer": self._peer_name, "remark": exc.remark})
+            fallback = Response(ErrorCode.INTERNAL, response.opaque,
+                                remark=f"the response could not be sent: {exc.remark}"[:512])
+            frame = self._connection.send_response(fallback)
+        except ConnectionBroken:
+            return
+        self._writer.write_nowait(frame)

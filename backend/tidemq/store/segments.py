@@ -1,0 +1,149 @@
+"""An ordered run of same-size segment files, named by their first byte's offset.
+
+    directory/
+      00000000000000000000      segment covering [0, size)
+      00000000001073741824      segment covering [size, 2 * size)
+      ...
+
+Names are the zero-padded 20-digit offset of the segment's first byte (RocketMQ's
+MappedFileQueue). The queue finds the segment of an offset by bisection, creates the next
+segment (using one preallocated ahead of need when there is one), and drops segments from
+the front (retention) or the back (recovery truncation).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import threading
+from typing import Final, final
+
+from tidemq.errors import StoreError
+from tidemq.store.files import store_error
+from tidemq.store.mapped_file import MappedFile
+
+_NAME: Final = re.compile(r"^\d{20}$")
+
+
+def segment_name(start: int) -> str:
+    return f"{start:020d}"
+
+
+@final
+class SegmentQueue:
+    """Segments of ``segment_size`` bytes in ``directory``."""
+
+    def __init__(self, directory: str, segment_size: int) -> None:
+        self.directory = directory
+        self.segment_size = segment_size
+        self.segments: list[MappedFile] = []
+        self._starts: list[int] = []
+        self._prepared: MappedFile | None = None
+        self._prepare_lock = threading.Lock()  # prepare_next runs in a worker thread
+        self.gaps: list[tuple[int, int]] = []  # (expected start, found start) on load
+
+    def load(self) -> None:
+        """Open the segments on disk. Records gaps in the sequence in ``self.gaps``."""
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            names = sorted(name for name in os.listdir(self.directory) if _NAME.match(name))
+        except OSError as error:
+            raise store_error(error, "listing", self.directory) from None
+        for name in names:
+            start = int(name)
+            if start % self.segment_size:
+                raise StoreError(f"{self.directory}/{name}: not on a segment boundary "
+                                 f"(segment size {self.segment_size})")
+            if self.segments and self.segments[-1].end != start:
+                self.gaps.append((self.segments[-1].end, start))
+            segment = MappedFile(os.path.join(self.directory, name), start,
+                                 self.segment_size, create=False)
+            self.segments.append(segment)
+            self._starts.append(start)
+
+    @property
+    def empty(self) -> bool:
+        return not self.segments
+
+    @property
+    def first(self) -> MappedFile:
+        return self.segments[0]
+
+    @property
+    def last(self) -> MappedFile:
+        return self.segments[-1]
+
+    @property
+    def min_offset(self) -> int:
+        return self.segments[0].start if self.segments else 0
+
+    def find(self, offset: int) -> MappedFile | None:
+        """The segment holding ``offset``, or None."""
+        index = bisect.bisect_right(self._starts, offset) - 1
+        if index < 0:
+            return None
+        segment = self.segments[index]
+        return segment if offset < segment.end else None
+
+    def create(self, start: int) -> MappedFile:
+        """Create (or adopt the prepared) segment starting at ``start``; append it.
+
+        Raises:
+            DiskFull: no room for the segment; nothing was changed.
+        """
+        assert start % self.segment_size == 0
+        assert not self.segments or start == self.segments[-1].end, "segments are contiguous"
+        with self._prepare_lock:
+            prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared.start == start:
+            segment = prepared
+        else:
+            if prepared is not None:
+                prepared.destroy()
+            segment = MappedFile(self._path(start), start, self.segment_size, create=True)
+        self.segments.append(segment)
+        self._starts.append(start)
+        return segment
+
+    def prepare_next(self) -> None:
+        """Preallocate and map the segment after the last one (blocking: run in a thread).
+
+        Raises:
+            DiskFull: no room; the next ``create`` will try again.
+        """
+        with self._prepare_lock:
+            start = self.segments[-1].end if self.segments else 0
+            if self._prepared is not None and self._prepared.start == start:
+                return
+            path = self._path(start)
+            if os.path.exists(path):
+                return
+            self._prepared = MappedFile(path, start, self.segment_size, create=True,
+                                        populate=True)
+
+    def drop_front(self, count: int) -> list[MappedFile]:
+        """Remove the first ``count`` segments from the queue and destroy them."""
+        dropped = self.segments[:count]
+        del self.segments[:count]
+        del self._starts[:count]
+        for segment in dropped:
+            segment.destroy()
+        return dropped
+
+    def drop_after(self, offset: int) -> None:
+        """Destroy every segment that starts after ``offset`` (recovery truncation)."""
+        while self.segments and self.segments[-1].start > offset:
+            self.segments.pop().destroy()
+            self._starts.pop()
+
+    def close(self) -> None:
+        for segment in self.segments:
+            segment.close()
+        with self._prepare_lock:
+            if self._prepared is not None:
+                self._prepared.destroy()
+                self._prepared = None
+
+    def _path(self, start: int) -> str:
+        return os.path.join(self.directory, segment_name(start))

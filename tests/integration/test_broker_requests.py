@@ -1,0 +1,160 @@
+"""The broker's request processors over real sockets, through the net client."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tidemq.broker.node import Broker, BrokerStarted
+from tidemq.errors import (
+    InvalidArgument,
+    MessageIllegal,
+    OffsetMoved,
+    TopicNotFound,
+)
+from tidemq.net import connect
+from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.record import encode_draft, iter_records
+
+Running = tuple[Broker, BrokerStarted]
+
+
+async def test_send_then_pull_returns_the_records(running_broker: Running) -> None:
+    _, started = running_broker
+    async with await connect(started.host, started.port, client_id="t") as client:
+        body = b"".join(encode_draft("orders", b"m%d" % i, {"KEYS": f"k{i}"}, tag="created")
+                        for i in range(10))
+        sent = await client.call(RequestCode.SEND_BATCH, {"topic": "orders", "queue_id": 2},
+                                 body)
+        assert sent.fields["queue_id"] == 2
+        assert sent.fields["first_queue_offset"] == 0
+        msg_ids = sent.fields["msg_ids"]
+        assert isinstance(msg_ids, list)
+        assert len(msg_ids) == 10
+        pulled = await client.call(RequestCode.PULL_MESSAGE, {
+            "group": "g", "topic": "orders", "queue_id": 2, "offset": 0, "max_count": 100})
+        records = list(iter_records(pulled.body))
+        assert pulled.fields["status"] == "found"
+        assert pulled.fields["next_offset"] == 10
+        assert [r.body for r in records] == [b"m%d" % i for i in range(10)]
+        assert [r.queue_offset for r in records] == list(range(10))
+        by_id = await client.call(RequestCode.QUERY_MESSAGE_BY_ID, {"msg_id": msg_ids[3]})
+        assert next(iter_records(by_id.body)).body == b"m3"
+        by_key = await client.call(RequestCode.QUERY_MESSAGE_BY_KEY,
+                                   {"topic": "orders", "key": "k7"})
+        assert [r.body for r in iter_records(by_key.body)] == [b"m7"]
+        at_offset = await client.call(RequestCode.QUERY_BY_QUEUE_OFFSET,
+                                      {"topic": "orders", "queue_id": 2, "offset": 5})
+        assert next(iter_records(at_offset.body)).body == b"m5"
+        with pytest.raises(OffsetMoved):
+            await client.call(RequestCode.QUERY_BY_QUEUE_OFFSET,
+                              {"topic": "orders", "queue_id": 2, "offset": 10})
+
+
+async def test_tag_filter_on_the_broker(running_broker: Running) -> None:
+    _, started = running_broker
+    async with await connect(started.host, started.port, client_id="t") as client:
+        tags = ["created", "paid", "shipped"] * 4
+        body = b"".join(encode_draft("orders", tag.encode(), tag=tag) for tag in tags)
+        await client.call(RequestCode.SEND_BATCH, {"topic": "orders", "queue_id": 0}, body)
+        pulled = await client.call(RequestCode.PULL_MESSAGE, {
+            "group": "g", "topic": "orders", "queue_id": 0, "offset": 0, "max_count": 100,
+            "expression": "created || paid"})
+        assert [r.tag for r in iter_records(pulled.body)] == \
+            [t for t in tags if t in ("created", "paid")]
+        assert pulled.fields["next_offset"] == len(tags)
+
+
+async def test_long_poll_wakes_on_send_well_before_its_timeout(running_broker: Running
+                                                               ) -> None:
+    _, started = running_broker
+    async with await connect(started.host, started.port, client_id="t") as client:
+        await client.call(RequestCode.CREATE_TOPIC, {"topic": "events", "queue_count": 1})
+        woke_after_s: list[float] = []
+
+        async def poll() -> None:
+            begin = trio.current_time()
+            pulled = await client.call(RequestCode.PULL_MESSAGE, {
+                "group": "g", "topic": "events", "queue_id": 0, "offset": 0,
+                "suspend_ms": 20_000}, timeout_ms=30_000)
+            assert [r.body for r in iter_records(pulled.body)] == [b"wake"]
+            woke_after_s.append(trio.current_time() - begin)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                await trio.sleep(0.3)
+                await client.call(RequestCode.SEND_MESSAGE, {"topic": "events", "queue_id": 0},
+                                  encode_draft("events", b"wake"))
+        assert 0.25 <= woke_after_s[0] < 2.0  # parked, then woken by the send, not the timer
+
+
+async def test_offsets_commit_query_reset_and_group_lag(running_broker: Running) -> None:
+    _, started = running_broker
+    async with await connect(started.host, started.port, client_id="c1") as client:
+        await client.call(RequestCode.CREATE_TOPIC, {"topic": "pay", "queue_count": 2})
+        body = b"".join(encode_draft("pay", b"x") for _ in range(5))
+        await client.call(RequestCode.SEND_BATCH, {"topic": "pay", "queue_id": 1}, body)
+        offset = await client.call(RequestCode.QUERY_OFFSET,
+                                   {"group": "billing", "topic": "pay", "queue_id": 1})
+        assert offset.fields["offset"] == -1
+        await client.call(RequestCode.HEARTBEAT, {"client_id": "c1", "groups": [
+            {"group": "billing", "mode": "clustering", "subscriptions": {"pay": "*"}}]})
+        await client.call(RequestCode.COMMIT_OFFSET,
+                          {"group": "billing", "topic": "pay", "queue_id": 1, "offset": 2})
+        described = await client.call(RequestCode.DESCRIBE_GROUP, {"group": "billing"})
+        lags = {o["queue_id"]: o["lag"] for o in described.fields["offsets"]}  # type: ignore[index, union-attr]
+        assert lags == {0: 0, 1: 3}
+        assert [m["client_id"] for m in described.fields["members"]] == ["c1"]  # type: ignore[index, union-attr]
+        reset = await client.call(RequestCode.RESET_OFFSET,
+                                  {"group": "billing", "topic": "pay", "to": "latest"})
+        assert reset.fields["offsets"] == {"0": 0, "1": 5}
+        reset = await client.call(RequestCode.RESET_OFFSET,
+                                  {"group": "billing", "topic": "pay", "to": "earliest"})
+        assert reset.fields["offsets"] == {"0": 0, "1": 0}
+        groups = await client.call(RequestCode.LIST_GROUPS)
+        assert groups.fields["groups"] == ["billing"]
+
+
+async def test_typed_errors_for_bad_requests(strict_broker: Running) -> None:
+    _, started = strict_broker
+    async with await connect(started.host, started.port, client_id="t") as client:
+        with pytest.raises(TopicNotFound):
+            await client.call(RequestCode.SEND_MESSAGE, {"topic": "nope", "queue_id": -1},
+                              encode_draft("nope", b"x"))
+        with pytest.raises(MessageIllegal):
+            await client.call(RequestCode.SEND_MESSAGE, {"topic": "bad/name", "queue_id": -1},
+                              encode_draft("x", b"x"))
+        await client.call(RequestCode.CREATE_TOPIC, {"topic": "t", "queue_count": 1})
+        with pytest.raises(MessageIllegal):  # over max_message_size_bytes (256 KiB here)
+            await client.call(RequestCode.SEND_MESSAGE, {"topic": "t", "queue_id": -1},
+                              encode_draft("t", bytes(300 << 10)))
+        with pytest.raises(MessageIllegal):
+            await client.call(RequestCode.SEND_MESSAGE, {"topic": "t", "queue_id": 0},
+                              b"garbage that is not a record")
+        with pytest.raises(InvalidArgument):
+            await client.call(RequestCode.SEND_MESSAGE, {"topic": "t", "queue_id": 7},
+                              encode_draft("t", b"x"))
+        with pytest.raises(InvalidArgument):
+            await client.call(RequestCode.PULL_MESSAGE, {"group": 5, "topic": "t"})
+        with pytest.raises(MessageIllegal):
+            await client.call(RequestCode.CREATE_TOPIC, {"topic": "%DLQ%mine"})
+        sent = await client.call(RequestCode.SEND_MESSAGE, {"topic": "t", "queue_id": 0},
+                                 encode_draft("t", b"still fine"))
+        assert sent.fields["first_queue_offset"] == 0
+
+
+async def test_topics_survive_a_restart(tmp_path: object, running_broker: Running) -> None:
+    broker, started = running_broker
+    async with await connect(started.host, started.port, client_id="t") as client:
+        await client.call(RequestCode.CREATE_TOPIC, {"topic": "kept", "queue_count": 3})
+        await client.call(RequestCode.UPDATE_TOPIC, {"topic": "kept", "permission": 4})
+        listed = await client.call(RequestCode.LIST_TOPICS)
+        assert [t["name"] for t in listed.fields["topics"]] == ["kept"]  # type: ignore[index, union-attr]
+    # Saved before acknowledged: a second manager reading the same file sees it.
+    from tidemq.broker.topics import TopicManager
+
+    reader = TopicManager(broker.store.directory, auto_create=False, default_queue_count=4)
+    reader.load()
+    kept = reader.require("kept")
+    assert (kept.read_queue_count, kept.permission) == (3, 4)

@@ -1,0 +1,51 @@
+"""Offset-based message ids: host, port and commit offset round-trip through upper-case
+hex, and anything else is a ValueError."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tidemq.common.ids import MessageId, decode_message_id, encode_message_id, host_bytes
+
+
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)),
+       st.integers(0, 65535), st.integers(0, 2**64 - 1))
+def test_round_trip(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int,
+                    offset: int) -> None:
+    text = encode_message_id(address.packed, port, offset)
+    assert text == text.upper()
+    assert len(text) == (28 if address.version == 4 else 52)
+    assert decode_message_id(text) == MessageId(str(address), port, offset)
+    assert decode_message_id(text.lower()) == decode_message_id(text)
+
+
+def test_known_value() -> None:
+    text = encode_message_id(host_bytes("10.0.0.1"), 10911, 4096)
+    assert text == "0A000001" "2A9F" "0000000000001000"
+    assert decode_message_id(text) == MessageId("10.0.0.1", 10911, 4096)
+
+
+@pytest.mark.parametrize("text", ["", "XYZ", "0A00000", "0A000001" * 5, "0A0000012A9F",
+                                  "0A000001 2A9F0000000000001000"])
+def test_not_message_ids(text: str) -> None:
+    with pytest.raises(ValueError, match="not a message id"):
+        decode_message_id(text)
+
+
+@pytest.mark.parametrize(("host", "port", "offset"), [
+    (b"\x01\x02\x03", 1, 1), (b"\x00" * 16, 65536, 0), (b"\x00" * 4, -1, 0),
+    (b"\x00" * 4, 1, -1), (b"\x00" * 4, 1, 2**64)])
+def test_encoding_refuses_what_it_cannot_carry(host: bytes, port: int, offset: int) -> None:
+    with pytest.raises(ValueError):
+        encode_message_id(host, port, offset)
+
+
+def test_host_bytes() -> None:
+    assert host_bytes("127.0.0.1") == b"\x7f\x00\x00\x01"
+    assert len(host_bytes("::1")) == 16
+    with pytest.raises(ValueError):
+        host_bytes("localhost")

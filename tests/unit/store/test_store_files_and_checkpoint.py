@@ -1,0 +1,89 @@
+"""atomic_write replaces a file whole or not at all; the checkpoint round-trips and any
+damage to it is a reason string (recovery then scans everything), never an exception."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tidemq.errors import StoreError
+from tidemq.store.checkpoint import (
+    Checkpoint,
+    decode_checkpoint,
+    encode_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
+from tidemq.store.files import atomic_write, read_file
+
+
+def test_atomic_write_creates_and_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "meta"
+    atomic_write(str(path), b"one")
+    atomic_write(str(path), memoryview(b"two!"))
+    assert path.read_bytes() == b"two!"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta"]
+    assert read_file(str(path)) == b"two!"
+    assert read_file(str(tmp_path / "absent")) is None
+
+
+def test_atomic_write_failure_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        atomic_write(str(tmp_path / "no-such-dir" / "meta"), b"x")
+    target = tmp_path / "a-directory"
+    target.mkdir()
+    (target / "inside").write_bytes(b"keep")
+    with pytest.raises(StoreError):
+        atomic_write(str(target), b"x")  # rename over a directory fails
+    assert (target / "inside").read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-directory"]
+
+
+def test_atomic_write_past_the_file_size_limit_is_disk_full(tmp_path: Path) -> None:
+    """EFBIG (RLIMIT_FSIZE) is DiskFull, the old content stays (in a child process: the
+    limit must not touch the test runner)."""
+    path = tmp_path / "meta"
+    path.write_bytes(b"old")
+    code = f"""
+import resource, signal
+from tidemq.errors import DiskFull
+from tidemq.store.files import atomic_write
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+try:
+    atomic_write({str(path)!r}, b"n" * 4096)
+except DiskFull as error:
+    print("DiskFull", error)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=30, check=False,
+                            env={"PYTHONPATH": ":".join(sys.path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("DiskFull"), result.stdout
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta"]
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    checkpoint = Checkpoint(300, 200, 100, {"orders": {0: 5, 3: 7}, "%RETRY%g": {1: 1}})
+    path = str(tmp_path / "checkpoint")
+    assert read_checkpoint(path) is None
+    write_checkpoint(path, checkpoint)
+    assert read_checkpoint(path) == checkpoint
+    assert checkpoint.recovery_start == 100
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 400), st.integers(1, 255))
+def test_damaged_checkpoints_are_reasons(garbage: bytes, position: int, xor: int) -> None:
+    assert isinstance(decode_checkpoint(garbage), str)
+    valid = bytearray(encode_checkpoint(Checkpoint(1, 2, 3, {"t": {0: 1}})))
+    if position < len(valid):
+        valid[position] ^= xor
+        assert isinstance(decode_checkpoint(bytes(valid)), str)
+    assert isinstance(decode_checkpoint(bytes(valid[:position])), str | Checkpoint)
