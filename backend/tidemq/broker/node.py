@@ -91,7 +91,8 @@ class Broker:
                 await trio.to_thread.run_sync(self._load_metadata)
                 broker_config = self.config.broker
                 options = ConnectionOptions(
-                    max_in_flight_requests=broker_config.max_in_flight_requests)
+                    max_in_flight_requests=broker_config.max_in_flight_requests,
+                    frame_stall_timeout_ms=broker_config.frame_stall_timeout_ms)
                 identity = {"cluster": broker_config.cluster, "group": broker_config.group}
                 addresses = await nursery.start(partial(
                     serve, self.handle, broker_config.host, broker_config.port,

@@ -20,10 +20,14 @@ class ConnectionOptions:
     send_high_water_bytes: int = 4 * MIB
     receive_size_bytes: int = 64 * KIB
     flush_on_close_timeout_ms: int = 1000
+    frame_stall_timeout_ms: int = 30_000
+    """A frame that started arriving must be whole within this time, or the connection is
+    dropped (a peer that stops mid-frame would otherwise hold it forever). Idle time between
+    frames is not limited here."""
 
     def __post_init__(self) -> None:
         for name in ("max_in_flight_requests", "max_outstanding_requests",
-                     "send_high_water_bytes", "receive_size_bytes"):
+                     "send_high_water_bytes", "receive_size_bytes", "frame_stall_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.flush_on_close_timeout_ms < 0:

@@ -93,6 +93,7 @@ class Session:
         self._in_flight_requests = 0
         self._close_reason: ConnectionClosed | None = None
         self._peer_complaint = ""
+        self._frames_received = 0
         self._cancel_scope = anyio.CancelScope()
         self._running = False
         self._finished = anyio.Event()
@@ -231,17 +232,36 @@ class Session:
             await self._writer.wait_flushed()
 
     async def _read_until_closed(self, handler_group: anyio.abc.TaskGroup) -> ConnectionClosed:
+        frame_deadline: float | None = None  # set while a frame is partly received
         while True:
+            frames_before = self._frames_received
             reason = await self._dispatch_buffered_events(handler_group)
             if reason is not None:
                 return reason
-            try:
-                data = await self._stream.receive(self._options.receive_size_bytes)
-            except anyio.EndOfStream:
-                data = b""
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                return _closed("connection lost while receiving", exc)
+            if not self._connection.buffered_size_bytes:
+                frame_deadline = None
+            elif frame_deadline is None or self._frames_received != frames_before:
+                stall_s = self._options.frame_stall_timeout_ms / 1000
+                frame_deadline = anyio.current_time() + stall_s
+            data = await self._receive(frame_deadline)
+            if isinstance(data, ConnectionClosed):
+                return data
             self._connection.receive_data(data)
+
+    async def _receive(self, frame_deadline: float | None) -> bytes | ConnectionClosed:
+        """The next bytes (``b""`` at the end of the stream), or why the conversation is over."""
+        try:
+            if frame_deadline is None:
+                return await self._stream.receive(self._options.receive_size_bytes)
+            with anyio.move_on_at(frame_deadline):
+                return await self._stream.receive(self._options.receive_size_bytes)
+        except anyio.EndOfStream:
+            return b""
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            return _closed("connection lost while receiving", exc)
+        logger.info("peer_stalled_mid_frame", extra={"peer": self._peer_name})
+        return _closed(f"the peer left a frame unfinished for "
+                       f"{self._options.frame_stall_timeout_ms} ms")
 
     async def _dispatch_buffered_events(
         self, handler_group: anyio.abc.TaskGroup
@@ -259,6 +279,7 @@ class Session:
                 if self._peer_complaint:
                     return _closed(f"peer closed after a protocol error: {self._peer_complaint}")
                 return ConnectionClosed("peer closed the connection")
+            self._frames_received += 1
             if isinstance(event, Response):
                 self._deliver(event)
             else:

@@ -122,6 +122,12 @@ class Connection:
         return self._protocol_version
 
     @property
+    def buffered_size_bytes(self) -> int:
+        """Bytes received and not yet returned as events: nonzero means a frame is partly in
+        (the shell bounds how long it may stay that way)."""
+        return self._decoder.buffered_size_bytes
+
+    @property
     def unanswered_request_count(self) -> int:
         """Requests received that still await our response."""
         return len(self._unanswered_opaques)

@@ -79,7 +79,19 @@ class ConsumeQueue:
         tag_hash, flags) with one copy per segment touched."""
         position = first_queue_offset * ENTRY_SIZE
         pack = ENTRY.pack
-        data = b"".join([pack(offset, size, tag) for offset, size, tag, _ in entries])
+        if len(entries) == 1:
+            offset, size, tag, _ = entries[0]
+            data = pack(offset, size, tag)
+        else:
+            data = b"".join([pack(offset, size, tag) for offset, size, tag, _ in entries])
+        segments = self.segments.segments
+        if segments:  # fast path: the whole batch lands in the last segment
+            last = segments[-1]
+            begin = position - last.start
+            if begin >= 0 and begin + len(data) <= last.size:
+                last.map[begin:begin + len(data)] = data
+                self.max_offset = max(self.max_offset, first_queue_offset + len(entries))
+                return
         written = 0
         while written < len(data):
             segment = self.segments.find(position + written)
@@ -98,6 +110,10 @@ class ConsumeQueue:
         # would start the queue there, with no segment for the entries before it.
         first_position = first_queue_offset * ENTRY_SIZE
         last_position = (first_queue_offset + count) * ENTRY_SIZE - 1
+        segments = self.segments.segments
+        if segments and segments[-1].start <= first_position and \
+                last_position < segments[-1].end:
+            return  # fast path: the last segment has room
         for position in (first_position, last_position):
             if self.segments.find(position) is None:
                 self._segment_for(position)

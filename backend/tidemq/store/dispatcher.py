@@ -17,8 +17,6 @@ from tidemq.common.buffers import Buffer
 from tidemq.errors import MessageIllegal, ProtocolError
 from tidemq.protocol.record import (
     FLAG_INDEXED,
-    FLAGS,
-    FLAGS_OFFSET,
     HEADER_SIZE,
     KEY_SEPARATOR,
     PROPERTY_KEYS,
@@ -95,12 +93,17 @@ class Dispatcher:
 
     def dispatch_batch(self, queue: ConsumeQueue, first_queue_offset: int,
                        entries: list[tuple[int, int, int, int]], end_offset: int,
-                       timestamp_ms: int) -> None:
-        """Index a batch just appended to one queue (live path)."""
+                       timestamp_ms: int, keys_by_record: dict[int, list[str]]) -> None:
+        """Index a batch just appended to one queue (live path). ``keys_by_record`` maps a
+        record's position in the batch to its keys, as ``ensure_room`` read them."""
         queue.put_batch(first_queue_offset, entries)
-        for commit_offset, _size, _tag_hash, flags in entries:
-            if flags & FLAG_INDEXED:
-                self._index_record(queue.topic, commit_offset, timestamp_ms)
+        if keys_by_record:
+            put = self.index.put
+            topic = queue.topic
+            for position, keys in keys_by_record.items():
+                commit_offset = entries[position][0]
+                for key in keys:
+                    put(index_key(topic, key), commit_offset, timestamp_ms)
         self.index.mark_indexed(end_offset)
         self.dispatched_offset = end_offset
 
@@ -141,10 +144,15 @@ class Dispatcher:
             self.index.put(index_key(topic, key), commit_offset, timestamp_ms)
 
     def ensure_room(self, queue: ConsumeQueue, first_queue_offset: int,
-                    drafts: Sequence[bytes], commit_offset: int) -> None:
+                    drafts: Sequence[Buffer], flags: Sequence[int],
+                    commit_offset: int) -> dict[int, list[str]]:
         """Create what a validated batch will need (consume-queue segment, room in one
         index file for all its keys) before the log is written, so a full disk fails the
         batch with nothing written and dispatching it cannot fail afterwards.
+
+        Returns:
+            The keys of each indexed record, by position in the batch (read once here and
+            handed to ``dispatch_batch``).
 
         Raises:
             MessageIllegal: an indexed draft's properties are not a map of strings (the
@@ -152,18 +160,23 @@ class Dispatcher:
                 file holds.
             DiskFull: no room for a new consume-queue segment or index file.
         """
+        keys_by_record: dict[int, list[str]] = {}
         keys = 0
-        for draft in drafts:
-            if FLAGS.unpack_from(draft, FLAGS_OFFSET)[0] & FLAG_INDEXED:
+        for position, record_flags in enumerate(flags):
+            if record_flags & FLAG_INDEXED:
                 try:
-                    keys += len(_keys_at(draft, 0))
+                    record_keys = _keys_at(drafts[position], 0)
                 except ProtocolError as error:
                     raise MessageIllegal(f"an indexed record's {error}") from None
+                keys_by_record[position] = record_keys
+                keys += len(record_keys)
         if keys > self.index.entries_per_file:
             raise MessageIllegal(f"a batch of {keys} keys exceeds the "
                                  f"{self.index.entries_per_file} of an index file")
         queue.ensure_room(first_queue_offset, len(drafts))
-        self.index.ensure_room(keys, commit_offset)  # also starts the first index file
+        if keys or not self.index.files:
+            self.index.ensure_room(keys, commit_offset)  # also starts the first index file
+        return keys_by_record
 
 
 def _keys_at(buffer: Buffer, position: int) -> list[str]:

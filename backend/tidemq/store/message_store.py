@@ -237,15 +237,16 @@ class MessageStore:
         try:
             queue = self.queues.get_or_create(topic, queue_id)
             first_queue_offset = queue.max_offset
-            self.dispatcher.ensure_room(queue, first_queue_offset, drafts,
-                                        self.log.write_offset)
+            keys_by_record = self.dispatcher.ensure_room(
+                queue, first_queue_offset, drafts, [flags for _, flags in validated[1]],
+                self.log.write_offset)
             appended = self.log.append_batch(topic_bytes, queue_id, first_queue_offset,
                                              drafts, now_ms, 0, validated=validated)
         except DiskFull:
             self._disk_full_errors += 1
             raise
         self.dispatcher.dispatch_batch(queue, first_queue_offset, appended.entries,
-                                       appended.end_offset, now_ms)
+                                       appended.end_offset, now_ms, keys_by_record)
         self._records_appended += len(drafts)
         self._bytes_appended += appended.end_offset - appended.first_commit_offset
         self._batches_appended += 1

@@ -89,6 +89,9 @@ class SegmentQueue:
     def create(self, start: int) -> MappedFile:
         """Create (or adopt the prepared) segment starting at ``start``; append it.
 
+        Holds the preparation lock throughout: when the preparer thread is still making
+        this very segment, the caller waits for it rather than racing it for the file.
+
         Raises:
             DiskFull: no room for the segment; nothing was changed.
         """
@@ -96,14 +99,15 @@ class SegmentQueue:
         assert not self.segments or start == self.segments[-1].end, "segments are contiguous"
         with self._prepare_lock:
             prepared, self._prepared = self._prepared, None
-        if prepared is not None and prepared.start == start:
-            segment = prepared
-        else:
-            if prepared is not None:
-                prepared.destroy()
-            segment = MappedFile(self._path(start), start, self.segment_size, create=True)
-        self.segments.append(segment)
-        self._starts.append(start)
+            if prepared is not None and prepared.start == start:
+                segment = prepared
+            else:
+                if prepared is not None:
+                    prepared.destroy()
+                segment = MappedFile(self._path(start), start, self.segment_size,
+                                     create=True)
+            self.segments.append(segment)
+            self._starts.append(start)
         return segment
 
     def prepare_next(self) -> None:
@@ -119,8 +123,7 @@ class SegmentQueue:
             path = self._path(start)
             if os.path.exists(path):
                 return
-            self._prepared = MappedFile(path, start, self.segment_size, create=True,
-                                        populate=True)
+            self._prepared = MappedFile(path, start, self.segment_size, create=True)
 
     def drop_front(self, count: int) -> list[MappedFile]:
         """Remove the first ``count`` segments from the queue and destroy them."""

@@ -439,6 +439,24 @@ async def test_client_drops_a_server_that_breaks_the_protocol() -> None:
             group.cancel_scope.cancel()
 
 
+async def test_peer_stalling_mid_frame_is_dropped_and_idle_peers_are_not() -> None:
+    hello = encode_request(Request(RequestCode.HELLO, 0, {"version": 1, "client_id": "slow"}))
+    half_frame = encode_request(Request(RequestCode.SEND_MESSAGE, 1, body=b"x" * 100))[:60]
+    options = ConnectionOptions(frame_stall_timeout_ms=100)
+    with anyio.fail_after(GUARD_S):
+        async with running_server(echo, options=options) as server, \
+                await server.connect() as idle_neighbour:
+            started = anyio.current_time()
+            async with await anyio.connect_tcp(server.host, server.port) as raw:
+                await raw.send(hello + half_frame)  # and then nothing, without closing
+                answer = await read_until_closed(raw)
+            assert anyio.current_time() - started >= 0.1
+            assert [response.opaque for response in decode_responses(answer)] == [0]  # HELLO
+            # Idle between frames for as long as that took is fine: only a frame in pieces
+            # is on the clock.
+            assert (await idle_neighbour.call(RequestCode.HEARTBEAT)).ok
+
+
 async def test_silent_peer_is_dropped_after_the_hello_timeout() -> None:
     with anyio.fail_after(GUARD_S):
         async with running_server(echo, hello_timeout_ms=100) as server:

@@ -104,7 +104,7 @@ def test_records_with_unreadable_properties_in_an_old_log_do_not_stop_recovery(
     appended = store.log.append_batch(b"T", 0, 1, [raw], 0, 0)  # as an old version would
     store.dispatcher.dispatch_batch(store.queues.get_or_create("T", 0), 1, [
         (offset, size, tag, 0) for offset, size, tag, _ in appended.entries],
-        appended.end_offset, 0)
+        appended.end_offset, 0, {})
     store.abandon()
     reopened = MessageStore(config_for(tmp_path))
     report = reopened.open()
