@@ -2,9 +2,10 @@
 
     tidemq bench store [--quick] [--dir DIR] [--json FILE]   the storage engine alone
 
-Later issues add ``produce``, ``consume`` and ``latency`` the same way: a module under
-``tidemq.bench`` with ``add_arguments(parser)`` and ``run_from_args(args) -> int``, and one
-entry in ``_ACTIONS``.
+    tidemq bench produce|consume|latency [--quick] [--brokers ADDR]   client workloads
+
+Each action is a module under ``tidemq.bench`` with ``add_arguments(parser)`` and
+``run_from_args(args) -> int``, and one entry in ``_ACTIONS``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from typing import Any, Final
 _ACTIONS: Final = (
     ("store", "storage engine: appends, group commit, read-back, disk baselines",
      "tidemq.bench.store_bench"),
+    ("produce", "W1: produce 1 KiB messages with acks (broker in its own process)",
+     "tidemq.bench.client_bench"),
+    ("consume", "W2: consume from the start with acks (after producing the messages)",
+     "tidemq.bench.client_bench"),
+    ("latency", "W3: end-to-end latency percentiles at a fixed rate",
+     "tidemq.bench.client_bench"),
 )
 
 

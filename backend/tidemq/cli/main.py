@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "tidemq.cli.dev_command",
     "tidemq.cli.broker_command",
     "tidemq.cli.store_command",
+    "tidemq.cli.client_commands",
     "tidemq.cli.bench_command",
 )
 

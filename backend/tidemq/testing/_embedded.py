@@ -145,7 +145,8 @@ def embedded_broker_thread(
     try:
         yield broker
     finally:
-        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        with contextlib.suppress(trio.RunFinishedError):  # it stopped by itself (crashed)
+            trio.from_thread.run_sync(scope.cancel, trio_token=token)
         thread.join(START_TIMEOUT_S)
 
 

@@ -134,7 +134,10 @@ async def handle_send_back(broker: Broker, request: Request,
     record = broker.store.lookup_by_message_id(msg_id)
     if record is None:
         raise InvalidArgument(f"message {msg_id} is not stored here")
-    reconsume_times = record.reconsume_times + 1
+    # The consumer's count may be ahead of the stored copy's (an orderly consumer redelivers
+    # locally before sending back): the higher one decides between retry and dead letters.
+    reconsume_times = max(record.reconsume_times,
+                          fields.integer(f, "reconsume_times", 0, minimum=0)) + 1
     properties = dict(record.properties)
     properties.setdefault(PROPERTY_ORIGIN_TOPIC, record.topic)
     properties.setdefault(PROPERTY_ORIGIN_MSG_ID, msg_id)

@@ -72,20 +72,20 @@ async def handle_offset_by_time(broker: Broker, request: Request,
 
 async def handle_min_offset(broker: Broker, request: Request,
                             context: ServerConnectionContext) -> Response:
-    f = request.fields
-    topic = fields.string(f, "topic")
-    broker.topics.require(topic)
-    return request.respond({"offset": broker.store.min_offset(
-        topic, fields.integer(f, "queue_id", minimum=0))})
+    topic, queue_id = _queue_of(broker, request)
+    return request.respond({"offset": broker.store.min_offset(topic, queue_id)})
 
 
 async def handle_max_offset(broker: Broker, request: Request,
                             context: ServerConnectionContext) -> Response:
-    f = request.fields
-    topic = fields.string(f, "topic")
+    topic, queue_id = _queue_of(broker, request)
+    return request.respond({"offset": broker.store.max_offset(topic, queue_id)})
+
+
+def _queue_of(broker: Broker, request: Request) -> tuple[str, int]:
+    topic = fields.string(request.fields, "topic")
     broker.topics.require(topic)
-    return request.respond({"offset": broker.store.max_offset(
-        topic, fields.integer(f, "queue_id", minimum=0))})
+    return topic, fields.integer(request.fields, "queue_id", minimum=0)
 
 
 PROCESSORS: dict[RequestCode, Processor] = {

@@ -1,0 +1,321 @@
+"""The producer: turn messages into record drafts and get them stored.
+
+Theory of operation. A send builds one draft per message (``protocol.record.encode_draft``:
+tag, keys, a fresh unique id UNIQ_KEY, ``born_timestamp_ms``), chooses a queue and sends
+the drafts in one SEND_MESSAGE / SEND_BATCH request::
+
+    send(topic, body) --> route (DESCRIBE_TOPIC per broker, cached) --> queue choice
+        --> SEND_MESSAGE to that queue's broker --> SendResult(msg_id, queue_id, offset)
+              |  retryable failure: another queue, preferably on another broker
+              +-- up to `retries` more attempts, then the last error is raised
+
+* Queue choice: round-robin over the topic's write queues (all brokers), skipping brokers
+  marked down; with ``sharding_key`` the queue is ``crc32c(key) % len(write queues)``, fixed
+  for the key as long as the topic's queue count is (retries go to the same queue, since
+  moving would break the key's order). A topic no broker knows yet is sent with
+  ``queue_id = -1`` (the broker picks, creating the topic when auto-creation is on); its
+  route is fetched again afterwards. Create topics ahead (``Admin.create_topic``) when a
+  sharding key must keep order from the very first message.
+* Retryable: ``SystemBusy``, a lost or refused connection, a request timeout, and other
+  1xx codes, except FLUSH_TIMEOUT and REPLICA_TIMEOUT, which mean the message *is* stored
+  (retrying would store it twice). A retry after a lost connection or a timeout may store
+  a duplicate: delivery is at least once. ``TopicNotFound``, ``NoPermission`` and
+  ``InvalidArgument`` (a queue that no longer exists) refresh the route and retry once.
+  ``SystemBusy`` pauses a little before the next attempt.
+* Limits: at most ``max_in_flight`` sends at once (others wait for a slot); bodies over
+  ``max_message_size_bytes`` are refused before anything is sent.
+
+Resource handling: ``async with Producer(...)`` opens the producer's task group (it holds
+the broker connections) and closes it on exit, after one round trip to each broker that got
+oneway sends (a broker drops requests it is still handling when their connection closes).
+A cancelled send leaves the producer usable; whether the message was stored is then unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Final, Self, final
+
+import anyio
+
+from tidemq.client._drafts import DraftSpec, build_drafts
+from tidemq.client._ids import default_client_id
+from tidemq.client._lifecycle import OwnedTaskGroup
+from tidemq.client._message import SendResult
+from tidemq.client._pool import BrokerPool, check_addresses
+from tidemq.client._routes import MessageQueue, RouteCache, TopicRoute
+from tidemq.common.clock import Clock, SystemClock
+from tidemq.common.crc import crc32c
+from tidemq.common.units import MIB
+from tidemq.errors import (
+    ErrorCode,
+    InvalidArgument,
+    NoPermission,
+    SystemBusy,
+    TideError,
+    TopicNotFound,
+)
+from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.events import Response
+
+logger = logging.getLogger("tidemq.client.producer")
+
+STORED_BUT_UNCONFIRMED: Final = frozenset({ErrorCode.FLUSH_TIMEOUT, ErrorCode.REPLICA_TIMEOUT})
+ROUTE_STALE_ERRORS: Final = (TopicNotFound, NoPermission, InvalidArgument)
+"""Answers that may mean our route is out of date (topic deleted, made read-only, queues
+shrunk): fetch it again and retry once."""
+ONEWAY_BARRIER_TIMEOUT_MS: Final = 1_000
+BUSY_PAUSE_MS: Final = 20
+"""Pause before retrying after SYSTEM_BUSY, times the attempt number."""
+_NO_QUEUE: Final = -1
+
+
+def is_retryable(error: TideError) -> bool:
+    """A send that failed with ``error`` may succeed if tried again (elsewhere)."""
+    code = getattr(error, "remote_code", int(error.code))
+    return 100 <= code < 200 and code not in STORED_BUT_UNCONFIRMED
+
+
+@final
+class Producer:
+    """Sends messages to topics. Use it with ``async with``; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        brokers: Sequence[str] | None = None,
+        namesrv: str | None = None,
+        group: str | None = None,
+        client_id: str | None = None,
+        retries: int = 2,
+        max_in_flight: int = 1024,
+        send_timeout_ms: int = 10_000,
+        connect_timeout_ms: int = 3_000,
+        route_ttl_ms: int = 30_000,
+        broker_down_ms: int = 10_000,
+        max_message_size_bytes: int = 4 * MIB,
+        clock: Clock | None = None,
+    ) -> None:
+        if retries < 0 or max_in_flight < 1 or send_timeout_ms < 1 or max_message_size_bytes < 1:
+            raise InvalidArgument("retries must be >= 0; max_in_flight, send_timeout_ms and "
+                                  "max_message_size_bytes >= 1")
+        self.client_id = client_id or default_client_id("producer")
+        self.group = group
+        self._retries = retries
+        self._max_in_flight = max_in_flight
+        self._send_timeout_ms = send_timeout_ms
+        self._max_message_size_bytes = max_message_size_bytes
+        self._clock: Clock = clock or SystemClock()
+        self._pool = BrokerPool(check_addresses(brokers, namesrv), client_id=self.client_id,
+                                connect_timeout_ms=connect_timeout_ms,
+                                request_timeout_ms=send_timeout_ms, down_for_ms=broker_down_ms)
+        self._routes = RouteCache(self._pool, ttl_ms=route_ttl_ms)
+        self._round_robin: dict[str, int] = {}
+        self._in_flight: anyio.Semaphore | None = None
+        self._oneway_brokers: set[str] = set()
+        self._owned = OwnedTaskGroup()
+
+    async def __aenter__(self) -> Self:
+        await self._owned.enter()
+        self._pool.bind(self._owned)
+        self._in_flight = anyio.Semaphore(self._max_in_flight)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc_value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self._in_flight = None
+        with anyio.move_on_after(ONEWAY_BARRIER_TIMEOUT_MS / 1000, shield=True):
+            await self._oneway_barrier()
+        self._pool.close()
+        await self._owned.close()
+
+    async def _oneway_barrier(self) -> None:
+        """Before closing, one round trip to each broker that got oneway sends: a broker
+        drops requests still being handled when their connection closes, and this answer
+        comes back only after it took the oneway frames sent before it."""
+        for address in sorted(self._oneway_brokers):
+            try:
+                await self._pool.call(address, RequestCode.HEARTBEAT,
+                                      {"client_id": self.client_id, "groups": []})
+            except TideError as error:
+                logger.info("oneway_barrier_failed", extra={"broker": address,
+                                                            "error": error.remark})
+        self._oneway_brokers.clear()
+
+    async def send(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        key: str | None = None,
+        keys: Sequence[str] = (),
+        tag: str | None = None,
+        properties: Mapping[str, str] | None = None,
+        sharding_key: str | None = None,
+    ) -> SendResult:
+        """Store one message and return where it went.
+
+        Args:
+            key / keys: user keys (``Admin.get_messages_by_key`` finds the message by each).
+            tag: one tag; consumers filter on it (``"created || paid"``).
+            properties: user properties (names KEYS, TAGS, UNIQ_KEY are reserved).
+            sharding_key: messages with the same key go to the same queue (kept in order).
+
+        Raises:
+            MessageIllegal: the body is too large or the topic name is bad.
+            TopicNotFound: no broker has the topic and auto-creation is off.
+            NoPermission, FlushTimeout, DiskFull, SystemBusy, ConnectionClosed,
+            RequestTimeout: the broker's answer, after retries where retryable.
+        """
+        spec = DraftSpec(tag=tag, keys=_keys(key, keys), properties=properties or {})
+        results = await self._send(topic, [body], spec, sharding_key,
+                                   RequestCode.SEND_MESSAGE)
+        return results[0]
+
+    async def send_batch(
+        self,
+        topic: str,
+        bodies: Sequence[bytes],
+        *,
+        key: str | None = None,
+        keys: Sequence[str] = (),
+        tag: str | None = None,
+        properties: Mapping[str, str] | None = None,
+        sharding_key: str | None = None,
+    ) -> list[SendResult]:
+        """Store several messages in one request, in one queue, in order (consecutive
+        offsets). Tag, keys and properties apply to every message. Raises as ``send``."""
+        if not bodies:
+            raise InvalidArgument("send_batch needs at least one body")
+        spec = DraftSpec(tag=tag, keys=_keys(key, keys), properties=properties or {})
+        return await self._send(topic, list(bodies), spec, sharding_key,
+                                RequestCode.SEND_BATCH)
+
+    async def send_oneway(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        key: str | None = None,
+        keys: Sequence[str] = (),
+        tag: str | None = None,
+        properties: Mapping[str, str] | None = None,
+        sharding_key: str | None = None,
+    ) -> None:
+        """Send without waiting for the broker's answer: no result, no error from the
+        broker (only a connection that cannot be made at all raises). Fastest, may lose."""
+        spec = DraftSpec(tag=tag, keys=_keys(key, keys), properties=properties or {})
+        drafts, _ = self._drafts(topic, [body], spec)
+        semaphore = self._require_open()
+        async with semaphore:
+            route = await self._routes.get(topic)
+            failed: set[str] = set()
+            for attempt in range(self._retries + 1):
+                target = self._choose(route, sharding_key, failed)
+                fields = self._fields(topic, target)
+                try:
+                    await self._pool.send_oneway(target.broker, RequestCode.SEND_MESSAGE,
+                                                 fields, drafts)
+                    self._oneway_brokers.add(target.broker)
+                    return
+                except TideError as error:
+                    if attempt == self._retries or not is_retryable(error):
+                        raise
+                    failed.add(target.broker)
+
+    async def _send(self, topic: str, bodies: list[bytes], spec: DraftSpec,
+                    sharding_key: str | None, code: RequestCode) -> list[SendResult]:
+        drafts, unique_ids = self._drafts(topic, bodies, spec)
+        semaphore = self._require_open()
+        async with semaphore:
+            route = await self._routes.get(topic)
+            failed: set[str] = set()
+            refreshed = False
+            attempt = 0
+            while True:
+                target = self._choose(route, sharding_key, failed)
+                try:
+                    response = await self._pool.call(
+                        target.broker, code, self._fields(topic, target), drafts,
+                        timeout_ms=self._send_timeout_ms)
+                except ROUTE_STALE_ERRORS:
+                    if refreshed or not route.exists:
+                        raise
+                    self._routes.invalidate(topic)
+                    route, refreshed = await self._routes.get(topic), True
+                    continue
+                except TideError as error:
+                    attempt += 1
+                    if attempt > self._retries or not is_retryable(error):
+                        raise
+                    logger.info("send_retry", extra={"topic": topic, "broker": target.broker,
+                                                     "error": error.remark})
+                    failed.add(target.broker)
+                    if isinstance(error, SystemBusy):
+                        await anyio.sleep(BUSY_PAUSE_MS * attempt / 1000)
+                    continue
+                if target.queue_id == _NO_QUEUE:
+                    self._routes.invalidate(topic)  # created, perhaps: learn its queues
+                return _results(topic, target.broker, response, unique_ids)
+
+    def _drafts(self, topic: str, bodies: list[bytes], spec: DraftSpec
+                ) -> tuple[bytes, list[str]]:
+        return build_drafts(topic, bodies, spec, born_timestamp_ms=self._clock.now_ms(),
+                            max_message_size_bytes=self._max_message_size_bytes)
+
+    def _fields(self, topic: str, target: MessageQueue) -> dict[str, str | int]:
+        fields: dict[str, str | int] = {"topic": topic, "queue_id": target.queue_id}
+        if self.group is not None:
+            fields["producer_group"] = self.group
+        return fields
+
+    def _choose(self, route: TopicRoute, sharding_key: str | None,
+                failed: set[str]) -> MessageQueue:
+        """The queue for the next attempt (see the module docstring)."""
+        queues = route.write_queues
+        if not queues:
+            brokers = [b for b in self._pool.live_addresses() if b not in failed] or \
+                list(self._pool.addresses)
+            return MessageQueue(route.topic, brokers[self._next(route.topic) % len(brokers)],
+                                _NO_QUEUE)
+        if sharding_key is not None:
+            return queues[crc32c(sharding_key.encode()) % len(queues)]
+        usable = [q for q in queues if q.broker not in failed and not self._pool.is_down(q.broker)]
+        candidates = usable or [q for q in queues if q.broker not in failed] or list(queues)
+        return candidates[self._next(route.topic) % len(candidates)]
+
+    def _next(self, topic: str) -> int:
+        position = self._round_robin.get(topic, -1) + 1
+        self._round_robin[topic] = position
+        return position
+
+    def _require_open(self) -> anyio.Semaphore:
+        if self._in_flight is None:
+            raise RuntimeError("use 'async with Producer(...)' before sending")
+        return self._in_flight
+
+
+def _keys(key: str | None, keys: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(keys, str):
+        raise InvalidArgument("keys= takes a sequence of strings; use key= for one key")
+    return ((key,) if key is not None else ()) + tuple(keys)
+
+
+def _results(topic: str, broker: str, response: Response, unique_ids: list[str]
+             ) -> list[SendResult]:
+    fields = response.fields
+    queue_id = fields.get("queue_id")
+    first_offset = fields.get("first_queue_offset")
+    msg_ids = fields.get("msg_ids")
+    timestamp_ms = fields.get("store_timestamp_ms")
+    if not (isinstance(queue_id, int) and isinstance(first_offset, int)
+            and isinstance(msg_ids, list) and isinstance(timestamp_ms, int)
+            and len(msg_ids) == len(unique_ids)):
+        raise TideError(f"the broker's send answer is malformed: {dict(fields)!r}")
+    return [SendResult(msg_id=str(msg_id), unique_id=unique_id, topic=topic,
+                       queue_id=queue_id, queue_offset=first_offset + index, broker=broker,
+                       store_timestamp_ms=timestamp_ms)
+            for index, (msg_id, unique_id) in enumerate(zip(msg_ids, unique_ids, strict=True))]

@@ -1,0 +1,219 @@
+"""One task per assigned queue: long-poll it and feed the consumer's inbox.
+
+Concurrent mode (the default)::
+
+    loop: wait for room (undone < prefetch and span < span max)
+          PULL_MESSAGE from tracker.next_offset, long-polling up to suspend_ms,
+                       carrying commit_offset when it moved since the last commit
+          keep records whose tag the subscription really matches (the broker filters by
+                       tag hash, which can collide), record them in the tracker,
+                       put them in the inbox
+
+Orderly mode pulls the same way, then hands the queue's messages to the inbox one at a
+time: the next goes only once the previous is settled. A nack waits ``retry_delay_ms`` and
+delivers the same message again (``reconsume_times`` + 1) in its place, so order holds;
+past ``max_reconsume_times`` it goes to SEND_BACK with that count, which the broker puts
+in the group's dead-letter topic, and the queue moves on (if the broker cannot be reached,
+local redelivery goes on). A release delivers it again at once.
+
+Lifecycle: ``ACTIVE`` while assigned. ``stop()`` cancels the loop and moves to
+``DRAINING``: nothing more is delivered (the inbox skips messages of a worker that is not
+active), but acks of messages already handed out still count; orderly consumers wait up to
+``drain_timeout_ms`` for those. Then ``DROPPED``: settling is a no-op and the consumer
+commits the tracker's offset one last time.
+
+Errors: pull failures are logged and retried after ``pull_backoff_ms`` (a broker that
+comes back is picked up again). ``TopicNotFound`` ends the worker: the topic is gone and
+the next rebalance drops the queue.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, final
+
+import anyio
+import anyio.abc
+
+from tidemq.client._message import (
+    PROPERTY_ORIGIN_TOPIC,
+    Delivery,
+    Message,
+    Outcome,
+    message_from_record,
+    stored_message_id,
+)
+from tidemq.client._routes import MessageQueue
+from tidemq.client._tracker import QueueTracker
+from tidemq.errors import ProtocolError, TideError, TopicNotFound
+from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.events import FieldValue
+from tidemq.protocol.record import Record, iter_records
+
+if TYPE_CHECKING:
+    from tidemq.client._core import ConsumerCore
+
+logger = logging.getLogger("tidemq.client.queue_worker")
+
+PULL_BYTES_MAX = 4 << 20
+
+
+class WorkerState(enum.Enum):
+    ACTIVE = "active"
+    DRAINING = "draining"
+    DROPPED = "dropped"
+
+
+@final
+class QueueWorker:
+    """Pulls one queue for one consumer. See the module docstring."""
+
+    def __init__(self, core: ConsumerCore, queue: MessageQueue, tracker: QueueTracker) -> None:
+        self.core = core
+        self.queue = queue
+        self.tracker = tracker
+        self.state = WorkerState.ACTIVE
+        self.handed_out = 0
+        """Messages received by the application and not yet settled."""
+        self.committed_offset = tracker.commit_offset
+        self._is_retry_queue = queue.topic == core.settings.retry_topic
+        self._progress = anyio.Event()
+        self._progress_waiting = 0
+        self._scope = anyio.CancelScope()
+        self._finished = anyio.Event()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        try:
+            with self.core.owner.guard(), self._scope:
+                task_status.started()
+                if self.core.settings.orderly:
+                    await self._run_orderly()
+                else:
+                    await self._run_concurrent()
+        except TopicNotFound:
+            logger.info("queue_gone", extra={"queue": str(self.queue)})
+            self.core.worker_gone(self)
+        finally:
+            self._finished.set()
+
+    def notify_progress(self) -> None:
+        """Something was settled: wake the loop (room to pull) and ``stop`` (draining)."""
+        if self._progress_waiting:
+            self._progress.set()
+            self._progress = anyio.Event()
+
+    async def _wait_progress(self) -> None:
+        self._progress_waiting += 1
+        try:
+            await self._progress.wait()
+        finally:
+            self._progress_waiting -= 1
+
+    async def stop(self, drain_timeout_ms: int) -> None:
+        """Stop pulling and delivering; wait (bounded) for handed-out messages to settle."""
+        self._scope.cancel()
+        self.state = WorkerState.DRAINING
+        with anyio.move_on_after(drain_timeout_ms / 1000):
+            while self.handed_out > 0:
+                await self._wait_progress()
+        await self._finished.wait()
+        self.state = WorkerState.DROPPED
+
+    def make_message(self, record: Record, *, reconsume_times: int | None = None) -> Message:
+        delivery = Delivery(self.core, self, stored_topic=record.topic,
+                            stored_msg_id=stored_message_id(record))
+        message = message_from_record(record, self.queue.broker,
+                                      present_origin=self._is_retry_queue, delivery=delivery)
+        if reconsume_times is not None:
+            message = replace(message, reconsume_times=reconsume_times)
+        return message
+
+    async def _run_concurrent(self) -> None:
+        settings = self.core.settings
+        while True:
+            await self._wait_for_room()
+            room = settings.prefetch_per_queue - self.tracker.undone_count
+            for record in await self._pull(min(settings.pull_batch_size, room)):
+                self.core.deliver(self.make_message(record))
+
+    async def _run_orderly(self) -> None:
+        while True:
+            for record in await self._pull(self.core.settings.pull_batch_size):
+                await self._deliver_in_order(record)
+
+    async def _deliver_in_order(self, record: Record) -> None:
+        settings = self.core.settings
+        message = self.make_message(record)
+        while True:
+            delivery = message._delivery
+            assert delivery is not None
+            settled = delivery.settled = anyio.Event()
+            self.core.deliver(message)
+            await settled.wait()
+            if delivery.outcome is Outcome.ACK:
+                return
+            reconsume_times = message.reconsume_times
+            if delivery.outcome is Outcome.NACK:
+                if reconsume_times >= settings.max_reconsume_times and \
+                        await self.core.send_back(message):
+                    return
+                reconsume_times += 1
+                await anyio.sleep(settings.retry_delay_ms / 1000)
+            message = self.make_message(record, reconsume_times=reconsume_times)
+
+    async def _wait_for_room(self) -> None:
+        settings = self.core.settings
+        while (self.tracker.undone_count >= settings.prefetch_per_queue
+               or self.tracker.span_count >= settings.span_per_queue_max):
+            await self._wait_progress()
+
+    async def _pull(self, max_count: int) -> list[Record]:
+        """One long poll; the records to deliver (may be none). Failures back off."""
+        settings = self.core.settings
+        offset = self.tracker.next_offset
+        fields: dict[str, FieldValue] = {
+            "group": settings.group, "topic": self.queue.topic, "queue_id": self.queue.queue_id,
+            "offset": offset, "max_count": max(1, max_count), "max_bytes": PULL_BYTES_MAX,
+            "expression": self._expression(), "suspend_ms": settings.suspend_ms,
+        }
+        commit_offset = self.tracker.commit_offset
+        if settings.clustering and commit_offset != self.committed_offset:
+            fields["commit_offset"] = commit_offset
+        try:
+            response = await self.core.pool.call(self.queue.broker, RequestCode.PULL_MESSAGE,
+                                                 fields, timeout_ms=settings.pull_timeout_ms)
+            records = list(iter_records(response.body))
+        except TopicNotFound:
+            raise
+        except (TideError, ProtocolError) as error:
+            logger.warning("pull_failed", extra={"queue": str(self.queue), "error": str(error)})
+            await anyio.sleep(settings.pull_backoff_ms / 1000)
+            return []
+        if "commit_offset" in fields:
+            self.committed_offset = max(self.committed_offset, commit_offset)
+        next_offset = response.fields.get("next_offset")
+        if not isinstance(next_offset, int) or next_offset < 0:
+            next_offset = offset + len(records)
+        if next_offset < offset:  # the queue shrank under us (reset, data loss)
+            logger.warning("pull_offset_moved_back", extra={
+                "queue": str(self.queue), "offset": offset, "next_offset": next_offset})
+            self.tracker.reset(next_offset)
+            self.committed_offset = -1  # unknown now: the next commit round sends ours
+            return []
+        wanted = [record for record in records if self._matches(record)]
+        self.tracker.add((record.queue_offset for record in wanted), next_offset)
+        return wanted
+
+    def _expression(self) -> str:
+        subscription = self.core.settings.subscriptions.get(self.queue.topic)
+        return "*" if subscription is None else subscription.expression
+
+    def _matches(self, record: Record) -> bool:
+        topic = record.topic
+        if self._is_retry_queue:
+            topic = record.properties.get(PROPERTY_ORIGIN_TOPIC, topic)
+        subscription = self.core.settings.subscriptions.get(topic)
+        return subscription is None or subscription.matches(record.tag)
