@@ -158,3 +158,41 @@ async def test_topics_survive_a_restart(tmp_path: object, running_broker: Runnin
     reader.load()
     kept = reader.require("kept")
     assert (kept.read_queue_count, kept.permission) == (3, 4)
+
+
+async def test_oneway_sends_are_stored_even_if_the_client_leaves_at_once(
+        running_broker: Running) -> None:
+    broker, started = running_broker
+    async with await connect(started.host, started.port, client_id="fire") as client:
+        for index in range(50):
+            await client.send_oneway(RequestCode.SEND_MESSAGE,
+                                     {"topic": "fire-and-forget", "queue_id": 0},
+                                     encode_draft("fire-and-forget", b"%d" % index))
+        # Leave at once: the queued oneway frames still go out (graceful close), and the
+        # server lets their handlers finish although the peer is gone.
+    with trio.fail_after(10):
+        while broker.store.max_offset("fire-and-forget", 0) < 50:
+            await trio.sleep(0.01)
+    assert broker.store.max_offset("fire-and-forget", 0) == 50
+
+
+async def test_a_consumer_whose_connection_closes_leaves_its_group_at_once(
+        running_broker: Running) -> None:
+    _, started = running_broker
+    async with await connect(started.host, started.port, client_id="watcher") as watcher:
+        await watcher.call(RequestCode.CREATE_TOPIC, {"topic": "jobs", "queue_count": 2})
+        async with await connect(started.host, started.port, client_id="c9") as member:
+            await member.call(RequestCode.HEARTBEAT, {"client_id": "c9", "groups": [
+                {"group": "workers", "mode": "clustering", "subscriptions": {"jobs": "*"}}]})
+            locked = await member.call(RequestCode.LOCK_QUEUES, {
+                "group": "workers", "client_id": "c9", "topic": "jobs", "queue_ids": [0, 1]})
+            assert locked.fields["locked"] == [0, 1]
+        with trio.fail_after(5):
+            while True:
+                described = await watcher.call(RequestCode.DESCRIBE_GROUP, {"group": "workers"})
+                if not described.fields["members"]:
+                    break
+                await trio.sleep(0.01)
+        taken = await watcher.call(RequestCode.LOCK_QUEUES, {
+            "group": "workers", "client_id": "other", "topic": "jobs", "queue_ids": [0, 1]})
+        assert taken.fields["locked"] == [0, 1]  # the departed member's locks were freed

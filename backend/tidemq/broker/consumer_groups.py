@@ -63,13 +63,17 @@ class ConsumerGroups:
         state.version += 1
         return True
 
-    def connection_closed(self, connection_id: int) -> None:
+    def connection_closed(self, connection_id: int) -> list[tuple[str, str]]:
+        """Members that heartbeated on this connection leave; returns (group, client_id)."""
+        removed: list[tuple[str, str]] = []
         for state in self.groups.values():
             gone = [c for c, m in state.members.items() if m.connection_id == connection_id]
             for client_id in gone:
                 del state.members[client_id]
+                removed.append((state.name, client_id))
             if gone:
                 state.version += 1
+        return removed
 
     def expire(self, now_s: float) -> list[tuple[str, str]]:
         """Remove members silent past the expiry; returns (group, client_id) removed."""

@@ -97,7 +97,7 @@ class Broker:
                 addresses = await nursery.start(partial(
                     serve, self.handle, broker_config.host, broker_config.port,
                     options=options, hello_timeout_ms=broker_config.hello_timeout_ms,
-                    hello_fields={"broker": identity}))
+                    hello_fields={"broker": identity}, on_closed=self._connection_closed))
                 host, port = addresses[0]
                 if self.port == 0:  # bound to a free port (tests): ids must name the real one
                     self.port = port
@@ -135,6 +135,12 @@ class Broker:
                 async with self._metadata_lock:
                     await trio.to_thread.run_sync(self.offsets.save)
                 last_persist = now
+
+    def _connection_closed(self, context: ServerConnectionContext) -> None:
+        """A client's connection ended: its consumers leave their groups at once (members
+        rebalance now, not after the heartbeat expiry) and their queue locks are freed."""
+        for group, client_id in self.groups.connection_closed(id(context)):
+            self.queue_locks.release_client(group, client_id)
 
     async def handle(self, request: Request, context: ServerConnectionContext
                      ) -> Response | None:

@@ -154,6 +154,8 @@ class ClientConnection:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
+        if exc_type is None:
+            await self._session.drain()  # queued oneway requests still go out
         self._session.close()
         assert self._exit_stack is not None
         return await self._exit_stack.__aexit__(exc_type, exc_value, traceback)

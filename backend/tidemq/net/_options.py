@@ -21,6 +21,10 @@ class ConnectionOptions:
     receive_size_bytes: int = 64 * KIB
     flush_on_close_timeout_ms: int = 1000
     frame_stall_timeout_ms: int = 30_000
+    """A peer that stops sending in the middle of a frame this long is dropped."""
+    handler_grace_ms: int = 5_000
+    """When the peer closes its end, requests already received may run this long to
+    finish (a oneway send must still be stored); then they are cancelled."""
     """A frame that started arriving must be whole within this time, or the connection is
     dropped (a peer that stops mid-frame would otherwise hold it forever). Idle time between
     frames is not limited here."""
@@ -30,6 +34,8 @@ class ConnectionOptions:
                      "send_high_water_bytes", "receive_size_bytes", "frame_stall_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.handler_grace_ms < 0:
+            raise ValueError("handler_grace_ms must not be negative")
         if self.flush_on_close_timeout_ms < 0:
             raise ValueError("flush_on_close_timeout_ms must not be negative")
 

@@ -82,6 +82,7 @@ async def serve(
     options: ConnectionOptions | None = None,
     hello_timeout_ms: int = DEFAULT_HELLO_TIMEOUT_MS,
     hello_fields: Fields | None = None,
+    on_closed: Callable[[ServerConnectionContext], None] | None = None,
     ssl_context: ssl.SSLContext | None = None,
     task_status: anyio.abc.TaskStatus[list[tuple[str, int]]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -93,6 +94,8 @@ async def serve(
         hello_timeout_ms: a peer that has not sent HELLO by then is disconnected.
         hello_fields: what the HELLO answer tells clients besides ``version`` (a broker
             puts its identity here).
+        on_closed: called with a connection's context once it has ended (a broker drops
+            the consumers that lived on it).
         ssl_context: when given, connections are TLS (the seam for encrypted transport).
         task_status: receives the bound ``(host, port)`` addresses once accepting.
     """
@@ -108,7 +111,8 @@ async def serve(
         task_status.started(addresses)
         hello_answer = {**(hello_fields or {}), "version": PROTOCOL_VERSION}
         await serving.serve(
-            partial(_serve_connection, handler, options, hello_timeout_ms, hello_answer)
+            partial(_serve_connection, handler, options, hello_timeout_ms, hello_answer,
+                    on_closed)
         )
 
 
@@ -117,6 +121,7 @@ async def _serve_connection(
     options: ConnectionOptions,
     hello_timeout_ms: int,
     hello_answer: Fields,
+    on_closed: Callable[[ServerConnectionContext], None] | None,
     stream: anyio.abc.ByteStream,
 ) -> None:
     remote_address = _describe_peer(stream)
@@ -134,8 +139,15 @@ async def _serve_connection(
     async with anyio.create_task_group() as watchdog_group:
         watchdog_group.start_soon(_close_without_hello, session, hello_received,
                                   hello_timeout_ms)
-        await session.run()
-        watchdog_group.cancel_scope.cancel()
+        try:
+            await session.run()
+        finally:
+            watchdog_group.cancel_scope.cancel()
+            if on_closed is not None:
+                try:
+                    on_closed(context)
+                except Exception:  # a hook must not take the server down
+                    logger.exception("on_closed_failed", extra={"peer": remote_address})
 
 
 async def _close_without_hello(

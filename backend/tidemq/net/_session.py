@@ -29,7 +29,8 @@ here::
 
 Resource handling: the conversation ends when the peer closes, breaks the protocol, the
 socket fails, or ``close()`` is called. Then every waiter fails with ``ConnectionClosed``,
-handler tasks are cancelled, what is queued is flushed for at most
+handler tasks get ``handler_grace_ms`` to finish (then are cancelled), what is queued is
+flushed for at most
 ``flush_on_close_timeout_ms`` (so a PROTOCOL_ERROR answer reaches a misbehaving peer), and
 the stream is closed. ``run()`` returns normally in all these cases.
 """
@@ -126,7 +127,10 @@ class Session:
                     io_group.start_soon(self._pending.expire_forever)
                     async with anyio.create_task_group() as handler_group:
                         self._mark_closed(await self._read_until_closed(handler_group))
-                        handler_group.cancel_scope.cancel()
+                        # Requests already received may finish (a oneway send must still
+                        # be stored), within a grace period; a local close() cancels all.
+                        handler_group.cancel_scope.deadline = (
+                            anyio.current_time() + self._options.handler_grace_ms / 1000)
                     await self._flush_before_close()
                     io_group.cancel_scope.cancel()
         finally:
@@ -140,8 +144,16 @@ class Session:
         self._mark_closed(ConnectionClosed(remark))
         self._cancel_scope.cancel()
 
+    async def drain(self) -> None:
+        """Wait (at most ``flush_on_close_timeout_ms``) until what is queued was sent, so a
+        graceful close does not drop oneway requests that were accepted for sending."""
+        if self._running and not self._writer.closed:
+            with anyio.move_on_after(self._options.flush_on_close_timeout_ms / 1000):
+                await self._writer.wait_flushed()
+
     async def aclose(self) -> None:
-        """``close()``, then wait until the stream is closed."""
+        """Close gracefully: ``drain()``, then ``close()`` and wait for the stream."""
+        await self.drain()
         self.close()
         if self._running:
             await self._finished.wait()
