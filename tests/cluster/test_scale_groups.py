@@ -231,7 +231,7 @@ async def test_broadcast_consumers_each_see_every_message(broker: RunningBroker)
         keys = [(record.producer, record.sequence) for record in share]
         assert len(keys) == total, f"consumer {index}: {len(keys)} deliveries"
         assert set(keys) == expected, f"consumer {index} missed messages"
-    check_queue_order([record for share in records for record in share])
+        check_queue_order(share)
 
 
 async def test_members_joining_and_leaving_mid_stream_lose_nothing(
