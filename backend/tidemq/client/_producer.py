@@ -24,6 +24,12 @@ the drafts in one SEND_MESSAGE / SEND_BATCH request::
   ``SystemBusy`` pauses a little before the next attempt.
 * Limits: at most ``max_in_flight`` sends at once (others wait for a slot); bodies over
   ``max_message_size_bytes`` are refused before anything is sent.
+* Natural batching (``_batcher``): concurrent ``send()`` calls to one queue share requests.
+  A send to a queue with no request in flight goes out at once; those arriving meanwhile go
+  out together as the next request (one SEND_BATCH of up to ``batch_max_messages`` drafts
+  and ``batch_max_bytes``), in the order they arrived. Each still gets its own result, or
+  its own error and retries. ``batch_max_messages=1`` turns this off (one request per send,
+  several in flight per queue).
 
 Resource handling: ``async with Producer(...)`` opens the producer's task group (it holds
 the broker connections) and closes it on exit, after one round trip to each broker that got
@@ -40,6 +46,12 @@ from typing import Final, Self, final
 
 import anyio
 
+from tidemq.client._batcher import (
+    DEFAULT_BATCH_MAX_BYTES,
+    DEFAULT_BATCH_MAX_MESSAGES,
+    SendBatcher,
+    send_results,
+)
 from tidemq.client._drafts import DraftSpec, build_drafts
 from tidemq.client._ids import default_client_id
 from tidemq.client._lifecycle import OwnedTaskGroup
@@ -58,7 +70,6 @@ from tidemq.errors import (
     TopicNotFound,
 )
 from tidemq.protocol.codes import RequestCode
-from tidemq.protocol.events import Response
 
 logger = logging.getLogger("tidemq.client.producer")
 
@@ -96,11 +107,14 @@ class Producer:
         route_ttl_ms: int = 30_000,
         broker_down_ms: int = 10_000,
         max_message_size_bytes: int = 4 * MIB,
+        batch_max_messages: int = DEFAULT_BATCH_MAX_MESSAGES,
+        batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES,
         clock: Clock | None = None,
     ) -> None:
-        if retries < 0 or max_in_flight < 1 or send_timeout_ms < 1 or max_message_size_bytes < 1:
-            raise InvalidArgument("retries must be >= 0; max_in_flight, send_timeout_ms and "
-                                  "max_message_size_bytes >= 1")
+        if retries < 0 or min(max_in_flight, send_timeout_ms, max_message_size_bytes,
+                              batch_max_messages, batch_max_bytes) < 1:
+            raise InvalidArgument("retries must be >= 0; max_in_flight, send_timeout_ms, "
+                                  "max_message_size_bytes and batch_max_* >= 1")
         self.client_id = client_id or default_client_id("producer")
         self.group = group
         self._retries = retries
@@ -116,6 +130,12 @@ class Producer:
         self._in_flight: anyio.Semaphore | None = None
         self._oneway_brokers: set[str] = set()
         self._owned = OwnedTaskGroup()
+        self._batcher: SendBatcher | None = None
+        if batch_max_messages > 1:
+            self._batcher = SendBatcher(self._pool, self._owned, group=group,
+                                        timeout_ms=send_timeout_ms,
+                                        max_messages=batch_max_messages,
+                                        max_bytes=batch_max_bytes)
 
     async def __aenter__(self) -> Self:
         await self._owned.enter()
@@ -238,9 +258,7 @@ class Producer:
             while True:
                 target = self._choose(route, sharding_key, failed)
                 try:
-                    response = await self._pool.call(
-                        target.broker, code, self._fields(topic, target), drafts,
-                        timeout_ms=self._send_timeout_ms)
+                    results = await self._attempt(topic, target, code, drafts, unique_ids)
                 except ROUTE_STALE_ERRORS:
                     if refreshed or not route.exists:
                         raise
@@ -259,7 +277,16 @@ class Producer:
                     continue
                 if target.queue_id == _NO_QUEUE:
                     self._routes.invalidate(topic)  # created, perhaps: learn its queues
-                return _results(topic, target.broker, response, unique_ids)
+                return results
+
+    async def _attempt(self, topic: str, target: MessageQueue, code: RequestCode,
+                       drafts: bytes, unique_ids: list[str]) -> list[SendResult]:
+        """One try of a send: a lone message through the batcher, else its own request."""
+        if self._batcher is not None and code is RequestCode.SEND_MESSAGE:
+            return [await self._batcher.send(target, drafts, unique_ids[0])]
+        response = await self._pool.call(target.broker, code, self._fields(topic, target),
+                                          drafts, timeout_ms=self._send_timeout_ms)
+        return send_results(topic, target.broker, response, unique_ids)
 
     def _drafts(self, topic: str, bodies: list[bytes], spec: DraftSpec
                 ) -> tuple[bytes, list[str]]:
@@ -303,19 +330,3 @@ def _keys(key: str | None, keys: Sequence[str]) -> tuple[str, ...]:
         raise InvalidArgument("keys= takes a sequence of strings; use key= for one key")
     return ((key,) if key is not None else ()) + tuple(keys)
 
-
-def _results(topic: str, broker: str, response: Response, unique_ids: list[str]
-             ) -> list[SendResult]:
-    fields = response.fields
-    queue_id = fields.get("queue_id")
-    first_offset = fields.get("first_queue_offset")
-    msg_ids = fields.get("msg_ids")
-    timestamp_ms = fields.get("store_timestamp_ms")
-    if not (isinstance(queue_id, int) and isinstance(first_offset, int)
-            and isinstance(msg_ids, list) and isinstance(timestamp_ms, int)
-            and len(msg_ids) == len(unique_ids)):
-        raise TideError(f"the broker's send answer is malformed: {dict(fields)!r}")
-    return [SendResult(msg_id=str(msg_id), unique_id=unique_id, topic=topic,
-                       queue_id=queue_id, queue_offset=first_offset + index, broker=broker,
-                       store_timestamp_ms=timestamp_ms)
-            for index, (msg_id, unique_id) in enumerate(zip(msg_ids, unique_ids, strict=True))]

@@ -1,0 +1,208 @@
+"""Natural batching of single sends: concurrent ``send()`` calls to one queue share requests.
+
+Each (broker, topic, queue) has a *lane*: a FIFO of drafts waiting to go and at most one
+request in flight. There is no linger: a send to an idle lane goes out at once (in a SEND_MESSAGE
+of its own); sends that arrive while a request of their lane is in flight wait, and go out
+together as the next request (one SEND_BATCH), up to ``max_messages`` drafts and
+``max_bytes`` of body::
+
+    send() --> lane(queue).pending --> drain task (one per busy lane, exits when idle)
+                                          |  SEND_BATCH of what is pending, in order
+                                          +-- each waiter gets its SendResult
+                                              (first_queue_offset + its index) or the error
+
+* Order: one request in flight per lane and a FIFO lane keep the order of the sends that
+  joined the lane; the broker stores a batch in order, in one queue.
+* Errors: a batch is stored whole or not at all, so a failed request fails each of its
+  sends with the same error, and the producer retries each as it would a lone send (nothing
+  of that batch was acknowledged, so nothing is duplicated by the retry). A batch refused
+  as ``MessageIllegal`` (one draft over the broker's limit) is sent again one draft per
+  request, so only the illegal message fails.
+* Time: ``send_timeout_ms`` bounds each request, not the wait in the lane before it (at
+  most one request ahead of it, itself bounded).
+* Cancellation: a send cancelled before its draft was taken from the lane is dropped from
+  it; one cancelled after that just does not see the answer (the message may be stored).
+  The drain tasks run in the producer's task group under its guard: only closing the
+  producer cancels them, and then every send still waiting fails with ConnectionClosed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final, final
+
+import anyio
+
+from tidemq.client._lifecycle import OwnedTaskGroup
+from tidemq.client._message import SendResult
+from tidemq.client._pool import BrokerPool
+from tidemq.client._routes import MessageQueue
+from tidemq.errors import MessageIllegal, TideError
+from tidemq.net import ConnectionClosed
+from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.events import Response
+
+DEFAULT_BATCH_MAX_MESSAGES: Final = 256
+DEFAULT_BATCH_MAX_BYTES: Final = 1024 * 1024
+"""Well under the broker's default append_batch_bytes_max (4 MiB) and the 16 MiB frame."""
+
+
+@final
+class _Waiter:
+    """One send waiting in a lane."""
+
+    __slots__ = ("abandoned", "done", "draft", "error", "result", "taken", "unique_id")
+
+    def __init__(self, draft: bytes, unique_id: str) -> None:
+        self.draft = draft
+        self.unique_id = unique_id
+        self.done = anyio.Event()
+        self.result: SendResult | None = None
+        self.error: BaseException | None = None
+        self.taken = False
+        """Handed to a request: the send can no longer be withdrawn."""
+        self.abandoned = False
+        """Cancelled before being taken: the drain skips it."""
+
+    def succeed(self, result: SendResult) -> None:
+        self.result = result
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+@final
+class _Lane:
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: deque[_Waiter] = deque()
+
+
+@final
+class SendBatcher:
+    """Coalesces concurrent single sends per queue (see the module docstring)."""
+
+    def __init__(self, pool: BrokerPool, owned: OwnedTaskGroup, *, group: str | None,
+                 timeout_ms: int, max_messages: int = DEFAULT_BATCH_MAX_MESSAGES,
+                 max_bytes: int = DEFAULT_BATCH_MAX_BYTES) -> None:
+        self._pool = pool
+        self._owned = owned
+        self._group = group
+        self._timeout_ms = timeout_ms
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._lanes: dict[MessageQueue, _Lane] = {}
+        self.requests = 0
+        """Requests sent so far (for tests and statistics)."""
+
+    async def send(self, target: MessageQueue, draft: bytes, unique_id: str) -> SendResult:
+        """Send one draft to ``target`` with whatever else is waiting for that queue.
+
+        Raises what the request raised (TideError), ConnectionClosed if the producer is
+        closed meanwhile.
+        """
+        waiter = _Waiter(draft, unique_id)
+        lane = self._lanes.get(target)
+        if lane is None:
+            task_group = self._owned.task_group  # raises once the producer is closed
+            lane = self._lanes[target] = _Lane()
+            task_group.start_soon(self._drain, target, lane,
+                                  name=f"tidemq.producer.lane {target}")
+        lane.pending.append(waiter)
+        try:
+            await waiter.done.wait()
+        except BaseException:
+            if not waiter.taken:
+                waiter.abandoned = True
+            raise
+        if waiter.error is not None:
+            raise waiter.error.with_traceback(None)
+        assert waiter.result is not None
+        return waiter.result
+
+    async def _drain(self, target: MessageQueue, lane: _Lane) -> None:
+        """Send what the lane holds, one request at a time, until it is empty."""
+        batch: list[_Waiter] = []
+        try:
+            with self._owned.guard():
+                while lane.pending:
+                    batch = self._take(lane)
+                    if batch:
+                        await self._flush(target, batch)
+                    batch = []
+        finally:
+            # No await between the last emptiness check and here: a send arriving later
+            # finds no lane and starts a new drain.
+            if self._lanes.get(target) is lane:
+                del self._lanes[target]
+            closed = ConnectionClosed("the producer was closed before the broker answered")
+            for waiter in (*batch, *lane.pending):
+                if not waiter.done.is_set():
+                    waiter.fail(closed)
+            lane.pending.clear()
+
+    def _take(self, lane: _Lane) -> list[_Waiter]:
+        """The next request's waiters, oldest first (at least one if any is pending)."""
+        batch: list[_Waiter] = []
+        size = 0
+        pending = lane.pending
+        while pending and len(batch) < self._max_messages:
+            waiter = pending[0]
+            if waiter.abandoned:
+                pending.popleft()
+                continue
+            if batch and size + len(waiter.draft) > self._max_bytes:
+                break
+            pending.popleft()
+            waiter.taken = True
+            size += len(waiter.draft)
+            batch.append(waiter)
+        return batch
+
+    async def _flush(self, target: MessageQueue, batch: list[_Waiter]) -> None:
+        """One request for ``batch``; every waiter of it gets its result or the error."""
+        code = RequestCode.SEND_MESSAGE if len(batch) == 1 else RequestCode.SEND_BATCH
+        fields: dict[str, str | int] = {"topic": target.topic, "queue_id": target.queue_id}
+        if self._group is not None:
+            fields["producer_group"] = self._group
+        body = batch[0].draft if len(batch) == 1 else b"".join(w.draft for w in batch)
+        self.requests += 1
+        try:
+            response = await self._pool.call(target.broker, code, fields, body,
+                                             timeout_ms=self._timeout_ms)
+            results = send_results(target.topic, target.broker, response,
+                                   [waiter.unique_id for waiter in batch])
+        except MessageIllegal as error:
+            if len(batch) == 1:
+                batch[0].fail(error)
+                return
+            for waiter in batch:  # find the illegal one(s): one request each, in order
+                await self._flush(target, [waiter])
+            return
+        except Exception as error:  # each waiter raises it as its own
+            for waiter in batch:
+                waiter.fail(error)
+            return
+        for waiter, result in zip(batch, results, strict=True):
+            waiter.succeed(result)
+
+
+def send_results(topic: str, broker: str, response: Response, unique_ids: list[str]
+                 ) -> list[SendResult]:
+    """The SendResults of a SEND_MESSAGE / SEND_BATCH answer, one per unique id."""
+    fields = response.fields
+    queue_id = fields.get("queue_id")
+    first_offset = fields.get("first_queue_offset")
+    msg_ids = fields.get("msg_ids")
+    timestamp_ms = fields.get("store_timestamp_ms")
+    if not (isinstance(queue_id, int) and isinstance(first_offset, int)
+            and isinstance(msg_ids, list) and isinstance(timestamp_ms, int)
+            and len(msg_ids) == len(unique_ids)):
+        raise TideError(f"the broker's send answer is malformed: {dict(fields)!r}")
+    return [SendResult(msg_id=str(msg_id), unique_id=unique_id, topic=topic,
+                       queue_id=queue_id, queue_offset=first_offset + index, broker=broker,
+                       store_timestamp_ms=timestamp_ms)
+            for index, (msg_id, unique_id) in enumerate(zip(msg_ids, unique_ids, strict=True))]

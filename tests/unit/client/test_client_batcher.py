@@ -1,0 +1,181 @@
+"""The producer's send batcher against a scripted pool: coalescing, order, errors, cancels."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import pytest
+import trio
+import trio.testing
+
+from tidemq.client._batcher import SendBatcher
+from tidemq.client._lifecycle import OwnedTaskGroup
+from tidemq.client._message import SendResult
+from tidemq.client._pool import BrokerPool
+from tidemq.client._routes import MessageQueue
+from tidemq.errors import MessageIllegal, SystemBusy
+from tidemq.net import ConnectionClosed
+from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.events import Body, Fields, Response
+
+QUEUE = MessageQueue("orders", "b1:1", 0)
+DRAFT = 4
+"""Every test draft is 4 bytes, so the fake broker counts drafts by length."""
+
+
+class FakePool:
+    """Stores drafts per queue; each call waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[RequestCode, list[bytes]]] = []
+        self.gate = trio.Event()
+        self.offsets: dict[int, int] = {}
+        self.stored: list[bytes] = []
+        self.fail_with: list[Exception | None] = []
+        """Scripted outcomes of the next calls (None: succeed)."""
+        self.illegal = b"BAD!"
+
+    async def call(self, address: str, code: RequestCode, fields: Fields, body: Body = b"",
+                   *, timeout_ms: int | None = None) -> Response:
+        data = bytes(body)
+        drafts = [data[i:i + DRAFT] for i in range(0, len(data), DRAFT)]
+        self.calls.append((code, drafts))
+        await self.gate.wait()
+        if self.fail_with and (error := self.fail_with.pop(0)) is not None:
+            raise error
+        if self.illegal in drafts:
+            raise MessageIllegal("a record is too large")
+        queue_id = cast(int, fields["queue_id"])
+        first = self.offsets.get(queue_id, 0)
+        self.offsets[queue_id] = first + len(drafts)
+        self.stored.extend(drafts)
+        return Response(0, 1, {"queue_id": queue_id, "first_queue_offset": first,
+                               "msg_ids": [f"id{first + i}" for i in range(len(drafts))],
+                               "store_timestamp_ms": 1})
+
+
+@asynccontextmanager
+async def batcher(**options: Any) -> AsyncIterator[tuple[SendBatcher, FakePool]]:
+    pool = FakePool()
+    owned = OwnedTaskGroup()
+    await owned.enter()
+    try:
+        yield SendBatcher(cast(BrokerPool, pool), owned, group=None, timeout_ms=1_000,
+                          **options), pool
+    finally:
+        await owned.close()
+
+
+async def _start_sends(nursery: trio.Nursery, sender: SendBatcher, drafts: list[bytes],
+                       results: dict[bytes, SendResult | BaseException]) -> None:
+    """Start one send per draft, in this order (each joins its lane before the next)."""
+
+    async def one(draft: bytes) -> None:
+        try:
+            results[draft] = await sender.send(QUEUE, draft, draft.hex())
+        except Exception as error:
+            results[draft] = error
+
+    for draft in drafts:
+        nursery.start_soon(one, draft)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_sends_arriving_while_one_is_in_flight_go_out_together_in_order() -> None:
+    drafts = [b"m%03d" % i for i in range(10)]
+    results: dict[bytes, SendResult | BaseException] = {}
+    async with batcher() as (sender, pool), trio.open_nursery() as nursery:
+        await _start_sends(nursery, sender, drafts, results)
+        assert [len(d) for _, d in pool.calls] == [1]  # the first went out at once, alone
+        pool.gate.set()
+    assert [(code, len(d)) for code, d in pool.calls] == \
+        [(RequestCode.SEND_MESSAGE, 1), (RequestCode.SEND_BATCH, 9)]
+    assert pool.stored == drafts
+    offsets = [cast(SendResult, results[d]).queue_offset for d in drafts]
+    assert offsets == list(range(10))
+    assert [cast(SendResult, results[d]).msg_id for d in drafts] == \
+        [f"id{i}" for i in range(10)]
+    assert [cast(SendResult, results[d]).unique_id for d in drafts] == [d.hex() for d in drafts]
+
+
+async def test_batches_are_bounded_by_count_and_bytes() -> None:
+    drafts = [b"n%03d" % i for i in range(12)]
+    results: dict[bytes, SendResult | BaseException] = {}
+    async with batcher(max_messages=4, max_bytes=3 * DRAFT) as (sender, pool), \
+            trio.open_nursery() as nursery:
+        await _start_sends(nursery, sender, drafts, results)
+        pool.gate.set()
+    assert [len(d) for _, d in pool.calls] == [1, 3, 3, 3, 2]
+    assert pool.stored == drafts
+    assert sorted(cast(SendResult, r).queue_offset for r in results.values()) == list(range(12))
+
+
+async def test_a_failed_batch_fails_each_send_and_later_batches_still_go() -> None:
+    drafts = [b"e%03d" % i for i in range(6)]
+    results: dict[bytes, SendResult | BaseException] = {}
+    async with batcher() as (sender, pool), trio.open_nursery() as nursery:
+        pool.fail_with = [None, SystemBusy("busy")]
+        await _start_sends(nursery, sender, drafts[:4], results)  # 1 in flight, 3 waiting
+        pool.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        await _start_sends(nursery, sender, drafts[4:], results)
+    assert isinstance(results[drafts[0]], SendResult)
+    assert all(isinstance(results[d], SystemBusy) for d in drafts[1:4])
+    assert [cast(SendResult, results[d]).queue_offset for d in drafts[4:]] == [1, 2]
+    assert pool.stored == [drafts[0], *drafts[4:]]
+
+
+async def test_an_illegal_draft_fails_alone() -> None:
+    drafts = [b"a000", b"a001", b"BAD!", b"a003"]
+    results: dict[bytes, SendResult | BaseException] = {}
+    async with batcher() as (sender, pool), trio.open_nursery() as nursery:
+        await _start_sends(nursery, sender, drafts, results)
+        pool.gate.set()
+    assert isinstance(results[b"BAD!"], MessageIllegal)
+    assert [cast(SendResult, results[d]).queue_offset for d in (b"a000", b"a001", b"a003")] \
+        == [0, 1, 2]
+    assert pool.stored == [b"a000", b"a001", b"a003"]
+
+
+async def test_cancelled_sends_leave_the_batch_machinery_working() -> None:
+    drafts = [b"c%03d" % i for i in range(6)]
+    results: dict[bytes, SendResult | BaseException] = {}
+    scopes: dict[bytes, trio.CancelScope] = {}
+    finished: list[bytes] = []
+
+    async def cancellable(sender: SendBatcher, draft: bytes) -> None:
+        with trio.CancelScope() as scope:
+            scopes[draft] = scope
+            await sender.send(QUEUE, draft, draft.hex())
+            finished.append(draft)
+
+    async with batcher() as (sender, pool), trio.open_nursery() as nursery:
+        for draft in drafts[:3]:  # the first in flight (taken), two waiting (not taken)
+            nursery.start_soon(cancellable, sender, draft)
+            await trio.testing.wait_all_tasks_blocked()
+        assert [len(d) for _, d in pool.calls] == [1]
+        for scope in scopes.values():
+            scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        await _start_sends(nursery, sender, drafts[3:], results)
+        pool.gate.set()
+    assert finished == []
+    assert pool.stored == [drafts[0], *drafts[3:]]  # the taken one is stored all the same
+    assert [cast(SendResult, results[d]).queue_offset for d in drafts[3:]] == [1, 2, 3]
+
+
+async def test_closing_fails_the_sends_still_waiting() -> None:
+    results: dict[bytes, SendResult | BaseException] = {}
+    pool_seen: list[FakePool] = []
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            async with batcher() as (sender, pool):
+                pool_seen.append(pool)
+                await _start_sends(nursery, sender, [b"z000", b"z001"], results)
+            await trio.testing.wait_all_tasks_blocked()
+    assert all(isinstance(r, ConnectionClosed) for r in results.values())
+    assert len(results) == 2
+    with pytest.raises(RuntimeError):
+        await sender.send(QUEUE, b"late", "late")
