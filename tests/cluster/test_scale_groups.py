@@ -7,8 +7,10 @@
   sequence numbers must increase along each queue.
 * Broadcasting: 10,000 messages, 3 consumers of one broadcast group: each sees every
   message exactly once.
-* A member joining and one leaving while messages stream in: nothing is lost; the
-  duplicates (queues changing hands) are counted, printed and bounded.
+* A member joining and one leaving while 20,000 messages stream in (members take a few
+  milliseconds per batch before acking, so messages are in hand when queues move):
+  nothing is lost; the duplicates (queues changing hands) are counted, printed and
+  bounded.
 
 A body is ``(producer id, sequence)`` packed, padded to 64 bytes. Counts and durations are
 printed (``pytest -s`` shows them).
@@ -22,6 +24,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,9 @@ CONSUMER_SETTINGS: dict[str, Any] = {
     "pull_batch_size": 64,
     "start_from": "earliest",
 }
+
+WORK_S = 0.005
+"""Join/leave: time a member spends on each batch it receives before acking it."""
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +111,8 @@ async def produce(address: str, topic: str, total: int, *, batch: int = BATCH,
     """``PRODUCERS`` producers at once, each sending its ``total / PRODUCERS`` sequence
     numbers in batches, one batch after another (so each keeps its order per queue)."""
     per_producer = total // PRODUCERS
-    assert per_producer * PRODUCERS == total and per_producer % batch == 0
+    assert per_producer * PRODUCERS == total
+    assert per_producer % batch == 0
 
     async def one_producer(producer_id: int) -> None:
         async with Producer(brokers=[address]) as producer:
@@ -128,7 +136,7 @@ def check_queue_order(records: Sequence[Received]) -> None:
         by_consumer_queue[record.consumer, record.queue_id].append(record.queue_offset)
         by_queue[record.queue_id].append(record)
     for (consumer, queue_id), offsets in by_consumer_queue.items():
-        assert all(a < b for a, b in zip(offsets, offsets[1:], strict=False)), \
+        assert all(a < b for a, b in pairwise(offsets)), \
             f"consumer {consumer} got queue {queue_id} out of order"
     for queue_id, in_queue in by_queue.items():
         last: dict[int, int] = {}
@@ -249,7 +257,9 @@ async def test_members_joining_and_leaving_mid_stream_lose_nothing(
         async with make_consumer(address, group, topic) as consumer:
             joined[index].set()
             while not leave[index].is_set():
-                for message in await consumer.receive(max=64, wait=0.05):
+                batch = await consumer.receive(max=64, wait=0.05)
+                await trio.sleep(WORK_S)  # "processing": messages stay in hand a while
+                for message in batch:
                     record = received(index, message)
                     deliveries[record.producer, record.sequence] += 1
                     per_member[index] += 1
@@ -264,9 +274,9 @@ async def test_members_joining_and_leaving_mid_stream_lose_nothing(
             await joined[0].wait()
             await joined[1].wait()
             async with trio.open_nursery() as producing:
-                # ~2,000 messages a second: the stream lasts long enough for both changes
-                producing.start_soon(lambda: produce(address, topic, total, batch=50,
-                                                     pause_s=0.1))
+                # ~2,500 messages a second: the stream lasts long enough for both changes
+                producing.start_soon(partial(produce, address, topic, total, batch=20,
+                                             pause_s=0.03))
                 await wait_until(lambda: len(deliveries) >= total // 3, 30, "a third")
                 nursery.start_soon(member, 2)  # a member joins...
                 await joined[2].wait()
@@ -286,6 +296,7 @@ async def test_members_joining_and_leaving_mid_stream_lose_nothing(
     expected = {(p, s) for p in range(PRODUCERS) for s in range(total // PRODUCERS)}
     assert set(deliveries) == expected  # nothing lost, nothing foreign
     assert per_member[2] > 0, "the member that joined took no share"
+    assert left_at < total, "member 0 left after the stream ended"
     # Each handover may redeliver what the previous owner had pulled but not committed:
     # at most a heartbeat's worth of a few queues, far below this bound.
     assert duplicates < total // 10, f"{duplicates} duplicates"
