@@ -4,7 +4,8 @@
          |  flush = "sync": wait until the flusher has fsync'd past the batch's end
          v
     flusher task:   plan_flush (loop) -> FlushPlan.execute (worker thread) -> complete_flush
-    preparer task:  preallocate + populate the next segment (worker thread), ahead of need
+    preparer task:  preallocate + populate the next segment (worker thread) as soon as
+                    the active one starts, so a roll never waits for it
     retention task: apply_retention every retention_check_interval_ms
 
 Group commit: while one fsync runs in its thread, more writers append; the next flush
@@ -75,8 +76,9 @@ class StoreService:
         if not self._running:
             raise StoreClosed("the store service is not running")
         result = self.store.put_batch(topic, queue_id, drafts)
-        segment = self.store.log.segments.last
-        if self.store.log.write_offset - segment.start > segment.size // 2:
+        if not self.store.log.segments.next_prepared:
+            # Right after a roll: populating a segment takes up to seconds on a cold VM,
+            # so the next one is made as early as possible, never at the last moment.
             self._prepare_wanted.set()
         if self.config.flush == "sync":
             await self.wait_flushed(result.end_offset)
@@ -151,6 +153,8 @@ class StoreService:
             await self._prepare_wanted.wait()
             self._prepare_wanted = trio.Event()
             await trio.to_thread.run_sync(self.store.prepare_next_segment)
+            if not self.store.log.segments.next_prepared:
+                await trio.sleep(1.0)  # no room (disk full): try again later, not per put
 
     async def _retention_loop(self) -> None:
         while True:

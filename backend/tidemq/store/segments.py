@@ -110,6 +110,13 @@ class SegmentQueue:
             self._starts.append(start)
         return segment
 
+    @property
+    def next_prepared(self) -> bool:
+        """Whether the segment after the last one is already made (no lock: a hint)."""
+        prepared = self._prepared
+        return prepared is not None and bool(self.segments) and \
+            prepared.start == self.segments[-1].end
+
     def prepare_next(self) -> None:
         """Preallocate and map the segment after the last one (blocking: run in a thread).
 
