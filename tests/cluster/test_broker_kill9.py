@@ -8,7 +8,7 @@ Two producers (four sending tasks each) send single messages continuously, recor
 send that returned a ``SendResult``; a send that raised (the broker is down, after the
 SDK's retries) is counted as not acknowledged and the task goes on with its next message.
 A group of two consumers acks everything it receives. Each round lets the stream run
-``PHASE_S`` seconds (longer than the broker's 5 s offset-persist interval, so the group's
+``PHASE_S`` seconds (longer than the broker's 1 s offset-persist interval, so the group's
 offsets reach ``offsets.json``), SIGKILLs the broker, reads the offsets it had persisted,
 waits ``OUTAGE_S`` and starts it again.
 

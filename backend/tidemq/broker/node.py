@@ -42,8 +42,8 @@ logger = logging.getLogger("tidemq.broker.node")
 Processor = Callable[["Broker", Request, ServerConnectionContext], Awaitable[Response | None]]
 
 CONSUMER_EXPIRY_S = 30.0
-HOUSEKEEPING_INTERVAL_S = 2.0
-OFFSET_PERSIST_INTERVAL_S = 5.0
+HOUSEKEEPING_INTERVAL_S = 1.0
+OFFSET_PERSIST_INTERVAL_S = 1.0  # bounds what a crash makes a group re-read
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Build record drafts for a send: check the message, add the SDK's properties, encode.
 
-Every draft gets the properties the SDK owns: UNIQ_KEY (a fresh uuid4 in hex, the
+Every draft gets the properties the SDK owns: UNIQ_KEY (32 hex digits unique to the client, the
 message's stable id; the broker indexes it, so it is also searchable like a key), KEYS
 (space separated) and TAGS (through ``encode_draft``'s ``tag``). User properties may not
 use those names. A body over ``max_message_size_bytes`` is refused here, before anything
@@ -9,8 +9,9 @@ is sent; the broker enforces its own limit too.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -25,6 +26,30 @@ from tidemq.protocol.record import (
 )
 
 _TAG: Final = re.compile(r"^[^|\s]+$")
+
+
+class _UniqueIds:
+    """A random per-process prefix (80 bits, drawn again in a forked child) and a counter:
+    32 hex digits like a uuid4 in hex, at a fraction of the cost of ``uuid.uuid4()``."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(10).hex()
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+_UNIQUE_IDS: Final = _UniqueIds()
+os.register_at_fork(after_in_child=_UNIQUE_IDS.reset)
+
+
+def next_unique_id() -> str:
+    """A client-unique message id (see ``_UniqueIds``)."""
+    return _UNIQUE_IDS.next()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +104,7 @@ def build_drafts(
         if len(body) > max_message_size_bytes:
             raise MessageIllegal(f"a body of {len(body)} bytes is over the producer's limit "
                                  f"of {max_message_size_bytes}")
-        unique_id = uuid.uuid4().hex
+        unique_id = next_unique_id()
         properties = dict(base)
         properties[PROPERTY_UNIQUE_ID] = unique_id
         drafts.append(encode_draft(topic, bytes(body), properties, tag=spec.tag,
