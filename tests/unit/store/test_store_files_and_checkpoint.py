@@ -87,3 +87,27 @@ def test_damaged_checkpoints_are_reasons(garbage: bytes, position: int, xor: int
         valid[position] ^= xor
         assert isinstance(decode_checkpoint(bytes(valid)), str)
     assert isinstance(decode_checkpoint(bytes(valid[:position])), str | Checkpoint)
+
+
+def test_segments_are_preallocated_not_sparse(tmp_path: Path) -> None:
+    """posix_fallocate reserves real blocks for a new segment before any byte is written,
+    so a full disk shows up when a segment is made, never in the middle of an append."""
+    from tidemq.config import StoreConfig
+    from tidemq.protocol.record import encode_draft
+    from tidemq.store import MessageStore
+
+    segment_size = 1 << 20
+    store = MessageStore(StoreConfig(data_dir=str(tmp_path), segment_size_bytes=segment_size,
+                                     max_message_size_bytes=64 << 10,
+                                     append_batch_bytes_max=64 << 10,
+                                     consume_queue_segment_entries=1024, index_slots=64,
+                                     index_entries_per_file=256))
+    store.open()
+    try:
+        store.put_batch("T", 0, [encode_draft("T", b"tiny")])
+        segment = tmp_path / "commitlog" / f"{0:020d}"
+        allocated_bytes = segment.stat().st_blocks * 512
+        assert segment.stat().st_size == segment_size
+        assert allocated_bytes >= segment_size  # every block reserved, not a sparse file
+    finally:
+        store.close()
