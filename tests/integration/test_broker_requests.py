@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
 from tidemq.broker.node import Broker, BrokerStarted
 from tidemq.errors import (
+    GroupNotFound,
     InvalidArgument,
     MessageIllegal,
     OffsetMoved,
+    StoreError,
     TopicNotFound,
 )
 from tidemq.net import connect
@@ -188,11 +192,57 @@ async def test_a_consumer_whose_connection_closes_leaves_its_group_at_once(
                 "group": "workers", "client_id": "c9", "topic": "jobs", "queue_ids": [0, 1]})
             assert locked.fields["locked"] == [0, 1]
         with trio.fail_after(5):
-            while True:
-                described = await watcher.call(RequestCode.DESCRIBE_GROUP, {"group": "workers"})
-                if not described.fields["members"]:
+            while True:  # gone: a group without members or offsets is forgotten
+                try:
+                    await watcher.call(RequestCode.DESCRIBE_GROUP, {"group": "workers"})
+                except GroupNotFound:
                     break
                 await trio.sleep(0.01)
         taken = await watcher.call(RequestCode.LOCK_QUEUES, {
             "group": "workers", "client_id": "other", "topic": "jobs", "queue_ids": [0, 1]})
         assert taken.fields["locked"] == [0, 1]  # the departed member's locks were freed
+
+
+async def test_client_input_cannot_grow_broker_state_without_bound(
+        running_broker: Running) -> None:
+    broker, started = running_broker
+    async with await connect(started.host, started.port, client_id="t") as client:
+        await client.call(RequestCode.CREATE_TOPIC, {"topic": "one", "queue_count": 1})
+        sent = await client.call(RequestCode.SEND_MESSAGE, {"topic": "one", "queue_id": 0},
+                                 encode_draft("one", b"x"))
+        msg_id = sent.fields["msg_ids"][0]  # type: ignore[index]
+        with pytest.raises(GroupNotFound):  # a made-up group may not create retry topics
+            await client.call(RequestCode.SEND_BACK, {"group": "made-up", "msg_id": msg_id})
+        with pytest.raises(InvalidArgument):
+            await client.call(RequestCode.COMMIT_OFFSET,
+                              {"group": "g", "topic": "one", "queue_id": 10**15, "offset": 1})
+        with pytest.raises(TopicNotFound):
+            await client.call(RequestCode.LOCK_QUEUES, {
+                "group": "g", "client_id": "t", "topic": "nope", "queue_ids": [0]})
+        with pytest.raises(InvalidArgument):
+            await client.call(RequestCode.LOCK_QUEUES, {
+                "group": "g", "client_id": "t", "topic": "one", "queue_ids": [0, 5000]})
+        for index in range(20):  # groups that lose their last member are forgotten
+            await client.call(RequestCode.HEARTBEAT, {"client_id": "t", "groups": [
+                {"group": f"g{index}", "subscriptions": {"one": "*"}}]})
+            await client.call(RequestCode.UNREGISTER_CLIENT,
+                              {"group": f"g{index}", "client_id": "t"})
+        assert broker.groups.groups == {}
+    assert {name for name in broker.topics.topics} == {"one"}
+
+
+async def test_a_broker_that_fails_to_start_leaves_the_metadata_alone(
+        running_broker: Running, tmp_path: object) -> None:
+    broker, started = running_broker
+    async with await connect(started.host, started.port, client_id="t") as client:
+        await client.call(RequestCode.CREATE_TOPIC, {"topic": "kept", "queue_count": 2})
+    topics_file = Path(broker.store.directory) / "topics.json"
+    before = topics_file.read_text()
+    # A second broker on the same directory fails (the store is in use) ...
+    second = Broker(broker.config)
+    with pytest.RaisesGroup(StoreError, allow_unwrapped=True, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(second.run)
+    # ... and must not have overwritten the running broker's topics with an empty table.
+    assert topics_file.read_text() == before
+    assert "kept" in before

@@ -61,7 +61,14 @@ class ConsumerGroups:
         if state is None or state.members.pop(client_id, None) is None:
             return False
         state.version += 1
+        self._forget_if_empty(state)
         return True
+
+    def _forget_if_empty(self, state: GroupState) -> None:
+        """A group without members is forgotten (its committed offsets stay with the
+        offsets table), so heartbeats with made-up names cannot grow memory for ever."""
+        if not state.members:
+            self.groups.pop(state.name, None)
 
     def connection_closed(self, connection_id: int) -> list[tuple[str, str]]:
         """Members that heartbeated on this connection leave; returns (group, client_id)."""
@@ -73,6 +80,8 @@ class ConsumerGroups:
                 removed.append((state.name, client_id))
             if gone:
                 state.version += 1
+        for state in list(self.groups.values()):
+            self._forget_if_empty(state)
         return removed
 
     def expire(self, now_s: float) -> list[tuple[str, str]]:
@@ -86,6 +95,8 @@ class ConsumerGroups:
                 removed.append((state.name, client_id))
             if stale:
                 state.version += 1
+        for state in list(self.groups.values()):
+            self._forget_if_empty(state)
         return removed
 
     def get(self, group: str) -> GroupState | None:

@@ -23,6 +23,7 @@ import trio
 
 from tidemq.broker.consumer_groups import ConsumerGroups
 from tidemq.broker.long_polling import PullWaiters
+from tidemq.broker.metadata import save_json
 from tidemq.broker.offsets import ConsumerOffsets
 from tidemq.broker.queue_locks import QueueLocks
 from tidemq.broker.store_service import StoreService
@@ -30,7 +31,7 @@ from tidemq.broker.topics import TopicManager
 from tidemq.common.clock import Clock
 from tidemq.common.ids import encode_message_id
 from tidemq.config import TidemqConfig
-from tidemq.errors import InvalidArgument
+from tidemq.errors import InvalidArgument, TideError
 from tidemq.net import ConnectionOptions, ServerConnectionContext, serve
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Request, Response
@@ -79,6 +80,7 @@ class Broker:
         self._round_robin: dict[str, int] = {}
         self._processors: dict[RequestCode, Processor] = {}
         self._metadata_lock = trio.Lock()
+        self._metadata_loaded = False  # never save tables that were not loaded
         from tidemq.broker.processors import register_all
 
         register_all(self._processors)
@@ -106,22 +108,37 @@ class Broker:
                 nursery.start_soon(self._housekeeping)
                 task_status.started(BrokerStarted(host, port, recovery))
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._save_metadata)
+            if self._metadata_loaded:  # a broker that failed to start must not erase them
+                with trio.CancelScope(shield=True):
+                    await self.persist_topics()
+                    await self.persist_offsets()
 
     def _load_metadata(self) -> None:
         os.makedirs(self.store.directory, exist_ok=True)
         self.topics.load()
         self.offsets.load()
-
-    def _save_metadata(self) -> None:
-        self.topics.save()
-        self.offsets.save()
+        self._metadata_loaded = True
 
     async def persist_topics(self) -> None:
-        """Save topic config now (admin changes are acknowledged after this)."""
+        """Save topic config now (admin changes are acknowledged after this). The snapshot
+        is taken on the event loop; only the copy goes to the worker thread."""
         async with self._metadata_lock:
-            await trio.to_thread.run_sync(self.topics.save)
+            snapshot = self.topics.snapshot()
+            await trio.to_thread.run_sync(save_json, self.topics.path, snapshot)
+
+    async def persist_offsets(self) -> None:
+        """Save committed offsets if they changed. A failure (a full disk) is logged and
+        retried on the next tick: it must not take the broker down."""
+        async with self._metadata_lock:
+            if not self.offsets.dirty:
+                return
+            snapshot = self.offsets.snapshot()
+            self.offsets.dirty = False
+            try:
+                await trio.to_thread.run_sync(save_json, self.offsets.path, snapshot)
+            except TideError as error:
+                self.offsets.dirty = True
+                logger.error("offsets not saved", extra={"remark": error.remark})
 
     async def _housekeeping(self) -> None:
         last_persist = trio.current_time()
@@ -131,9 +148,9 @@ class Broker:
             for group, client_id in self.groups.expire(now):
                 self.queue_locks.release_client(group, client_id)
                 logger.info("consumer expired", extra={"group": group, "client": client_id})
+            self.queue_locks.expire(now)
             if self.offsets.dirty and now - last_persist >= OFFSET_PERSIST_INTERVAL_S:
-                async with self._metadata_lock:
-                    await trio.to_thread.run_sync(self.offsets.save)
+                await self.persist_offsets()
                 last_persist = now
 
     def _connection_closed(self, context: ServerConnectionContext) -> None:

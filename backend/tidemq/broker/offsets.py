@@ -29,11 +29,15 @@ class ConsumerOffsets:
                     self._offsets.setdefault(group, {}).setdefault(topic, {})[
                         int(queue_id)] = int(offset)
 
+    def snapshot(self) -> dict[str, dict[str, dict[str, int]]]:
+        """A copy to save (take it on the event loop, save it in a thread)."""
+        return {group: {topic: {str(q): n for q, n in queues.items()}
+                        for topic, queues in topics.items()}
+                for group, topics in self._offsets.items()}
+
     def save(self) -> None:
-        """Blocking (fsync): run in a worker thread."""
-        snapshot = {group: {topic: {str(q): n for q, n in queues.items()}
-                            for topic, queues in topics.items()}
-                    for group, topics in self._offsets.items()}
+        """Blocking (fsync). Only for single-threaded use: the node saves a snapshot."""
+        snapshot = self.snapshot()
         self.dirty = False
         save_json(self.path, snapshot)
 

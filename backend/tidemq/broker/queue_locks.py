@@ -41,6 +41,11 @@ class QueueLocks:
         for key in [k for k, (c, _) in self._holders.items() if k[0] == group and c == client_id]:
             del self._holders[key]
 
+    def expire(self, now_s: float) -> None:
+        """Forget leases that ran out (holders that stopped renewing)."""
+        for key in [k for k, (_, until) in self._holders.items() if now_s >= until]:
+            del self._holders[key]
+
     def holder(self, group: str, topic: str, queue_id: int, now_s: float) -> str | None:
         holder = self._holders.get((group, topic, queue_id))
         if holder is None or now_s >= holder[1]:

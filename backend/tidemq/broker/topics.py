@@ -73,9 +73,13 @@ class TopicManager:
         for name, fields in data.items():
             self.topics[name] = TopicConfig(**fields)
 
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """A copy to save (take it on the event loop, save it in a thread)."""
+        return {name: topic.to_dict() for name, topic in self.topics.items()}
+
     def save(self) -> None:
-        """Blocking (fsync): run in a worker thread."""
-        save_json(self.path, {name: topic.to_dict() for name, topic in self.topics.items()})
+        """Blocking (fsync). Only for single-threaded use: the node saves a snapshot."""
+        save_json(self.path, self.snapshot())
 
     def get(self, name: str) -> TopicConfig | None:
         return self.topics.get(name)

@@ -65,12 +65,20 @@ async def handle_unregister(broker: Broker, request: Request,
     return request.respond()
 
 
+def readable_queue(broker: Broker, topic_name: str, queue_id: int) -> None:
+    """Raises TopicNotFound / InvalidArgument unless the topic has that read queue."""
+    topic = broker.topics.require(topic_name)
+    if queue_id >= topic.read_queue_count:
+        raise InvalidArgument(f"queue {queue_id} of {topic_name!r} does not exist "
+                              f"({topic.read_queue_count} read queues)")
+
+
 async def handle_commit_offset(broker: Broker, request: Request,
                                context: ServerConnectionContext) -> Response | None:
     f = request.fields
     group, topic = fields.string(f, "group"), fields.string(f, "topic")
     queue_id = fields.integer(f, "queue_id", minimum=0)
-    broker.topics.require(topic)
+    readable_queue(broker, topic, queue_id)
     broker.offsets.commit(group, topic, queue_id, fields.integer(f, "offset", minimum=0))
     return None if request.oneway else request.respond()
 
@@ -111,9 +119,12 @@ async def handle_reset_offset(broker: Broker, request: Request,
 async def handle_lock(broker: Broker, request: Request,
                       context: ServerConnectionContext) -> Response:
     f = request.fields
+    topic = fields.string(f, "topic")
+    queue_ids = fields.integer_list(f, "queue_ids")
+    for queue_id in set(queue_ids):
+        readable_queue(broker, topic, queue_id)
     locked = broker.queue_locks.try_lock(
-        fields.string(f, "group"), fields.string(f, "topic"),
-        fields.integer_list(f, "queue_ids"), fields.string(f, "client_id"),
+        fields.string(f, "group"), topic, queue_ids, fields.string(f, "client_id"),
         trio.current_time())
     return request.respond({"locked": locked})
 
@@ -131,6 +142,9 @@ async def handle_send_back(broker: Broker, request: Request,
                            context: ServerConnectionContext) -> Response:
     f = request.fields
     group, msg_id = fields.string(f, "group"), fields.string(f, "msg_id")
+    if broker.groups.get(group) is None and not broker.offsets.of_group(group):
+        # Each group gets its own retry topic: only groups that exist may create one.
+        raise GroupNotFound(f"group {group!r} is unknown (no member, no committed offset)")
     record = broker.store.lookup_by_message_id(msg_id)
     if record is None:
         raise InvalidArgument(f"message {msg_id} is not stored here")
@@ -151,9 +165,11 @@ async def handle_send_back(broker: Broker, request: Request,
                          born_timestamp_ms=record.born_timestamp_ms,
                          born_host=record.born_host, born_port=record.born_port,
                          reconsume_times=reconsume_times)
-    await broker.store_service.put_batch(target, 0, [draft])
-    broker.waiters.notify(target, 0)
-    return request.respond({"topic": target, "reconsume_times": reconsume_times})
+    try:
+        await broker.store_service.put_batch(target, 0, [draft])
+    finally:
+        broker.waiters.notify(target, 0)
+    return request.respond({"retry_topic": target, "reconsume_times": reconsume_times})
 
 
 async def handle_list_groups(broker: Broker, request: Request,
@@ -183,7 +199,8 @@ async def handle_describe_group(broker: Broker, request: Request,
         for queue_id in range(topic.read_queue_count):
             maximum = broker.store.max_offset(topic_name, queue_id)
             done = committed.get(topic_name, {}).get(queue_id, -1)
-            base = done if done >= 0 else broker.store.min_offset(topic_name, queue_id)
+            minimum = broker.store.min_offset(topic_name, queue_id)
+            base = max(done, minimum)  # retention may have deleted what was not consumed
             offsets.append({"topic": topic_name, "queue_id": queue_id, "committed": done,
                             "max_offset": maximum, "lag": max(0, maximum - base)})
     return request.respond({

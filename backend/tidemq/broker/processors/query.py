@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from tidemq.broker import fields
+from tidemq.broker.processors.consume import readable_queue
 from tidemq.common.ids import decode_message_id
 from tidemq.errors import InvalidArgument, OffsetMoved
 from tidemq.protocol.codes import RequestCode
@@ -48,11 +49,8 @@ async def handle_by_key(broker: Broker, request: Request,
 
 async def handle_by_queue_offset(broker: Broker, request: Request,
                                  context: ServerConnectionContext) -> Response:
-    f = request.fields
-    topic = fields.string(f, "topic")
-    queue_id = fields.integer(f, "queue_id", minimum=0)
-    offset = fields.integer(f, "offset", minimum=0)
-    broker.topics.require(topic)
+    topic, queue_id = _queue_of(broker, request)
+    offset = fields.integer(request.fields, "offset", minimum=0)
     result = broker.store.get_messages(topic, queue_id, offset, max_count=1)
     if result.count == 0 or result.next_offset != offset + 1:
         raise OffsetMoved(f"no message at {topic}/{queue_id}@{offset} (queue holds "
@@ -62,11 +60,9 @@ async def handle_by_queue_offset(broker: Broker, request: Request,
 
 async def handle_offset_by_time(broker: Broker, request: Request,
                                 context: ServerConnectionContext) -> Response:
-    f = request.fields
-    topic = fields.string(f, "topic")
-    broker.topics.require(topic)
-    offset = broker.store.offset_for_timestamp(topic, fields.integer(f, "queue_id", minimum=0),
-                                               fields.integer(f, "timestamp_ms", minimum=0))
+    topic, queue_id = _queue_of(broker, request)
+    offset = broker.store.offset_for_timestamp(
+        topic, queue_id, fields.integer(request.fields, "timestamp_ms", minimum=0))
     return request.respond({"offset": offset})
 
 
@@ -84,8 +80,9 @@ async def handle_max_offset(broker: Broker, request: Request,
 
 def _queue_of(broker: Broker, request: Request) -> tuple[str, int]:
     topic = fields.string(request.fields, "topic")
-    broker.topics.require(topic)
-    return topic, fields.integer(request.fields, "queue_id", minimum=0)
+    queue_id = fields.integer(request.fields, "queue_id", minimum=0)
+    readable_queue(broker, topic, queue_id)
+    return topic, queue_id
 
 
 PROCESSORS: dict[RequestCode, Processor] = {

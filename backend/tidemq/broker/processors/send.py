@@ -63,9 +63,13 @@ async def handle_send(broker: Broker, request: Request, context: ServerConnectio
     elif queue_id >= topic.write_queue_count:
         raise InvalidArgument(f"queue {queue_id} of {topic_name!r} does not exist "
                               f"({topic.write_queue_count} write queues)")
-    result = await broker.store_service.put_batch(topic_name, queue_id,
-                                                  drafts)  # type: ignore[arg-type]
-    broker.waiters.notify(topic_name, queue_id)
+    try:
+        result = await broker.store_service.put_batch(topic_name, queue_id,
+                                                      drafts)  # type: ignore[arg-type]
+    finally:
+        # Also when the fsync wait failed or was cancelled: the records may be stored,
+        # and parked pulls must see them now, not at their timeout.
+        broker.waiters.notify(topic_name, queue_id)
     if request.oneway:
         return None
     return request.respond({
