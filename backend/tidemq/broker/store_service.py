@@ -26,7 +26,7 @@ from typing import final
 import trio
 
 from tidemq.config import StoreConfig
-from tidemq.errors import FlushTimeout, StoreClosed
+from tidemq.errors import FlushTimeout, StoreClosed, TideError
 from tidemq.store import MessageStore, PutResult, RecoveryReport
 
 logger = logging.getLogger("tidemq.broker.store_service")
@@ -159,7 +159,11 @@ class StoreService:
     async def _retention_loop(self) -> None:
         while True:
             await trio.sleep(self.config.retention_check_interval_ms / 1000)
-            report = self.store.apply_retention()
+            try:
+                report = self.store.apply_retention()
+            except (TideError, OSError) as error:  # e.g. statvfs failed: try again later
+                logger.error("retention failed", extra={"error": str(error)})
+                continue
             if report.commit_log_segments_deleted:
                 logger.info("retention", extra={"deleted": report.commit_log_segments_deleted,
                                                 "reasons": report.reasons})
