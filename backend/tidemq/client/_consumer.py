@@ -188,11 +188,8 @@ class Consumer:
                 messages.append(await self._core.receive())
         except anyio.EndOfStream:
             raise ConsumerClosed("the consumer is closed") from None
-        while messages and len(messages) < max:
-            message = self._core.receive_nowait()
-            if message is None:
-                break
-            messages.append(message)
+        if messages:
+            self._core.receive_many_nowait(messages, max)
         return messages
 
     async def run(self, handler: Callable[[Message], Awaitable[object]], *,

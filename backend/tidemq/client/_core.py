@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import cast, final
 
 import anyio
@@ -34,7 +34,7 @@ import anyio.lowlevel
 
 from tidemq.client._inbox import Inbox
 from tidemq.client._lifecycle import OwnedTaskGroup
-from tidemq.client._message import Delivery, Message, Outcome
+from tidemq.client._message import Delivery, Message, Outcome, redelivery
 from tidemq.client._offsets import OffsetKeeper
 from tidemq.client._pool import BrokerPool
 from tidemq.client._queue_worker import QueueWorker, WorkerState
@@ -45,6 +45,9 @@ from tidemq.errors import TideError
 from tidemq.protocol.codes import RequestCode
 
 logger = logging.getLogger("tidemq.client.consumer")
+
+SETTLE_YIELD_EVERY = 64
+"""A local ack is a schedule point only once in this many settles (see ``settle``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ class ConsumerCore:
         self.on_send_back: Callable[[], None] = lambda: None
         """Called after a successful SEND_BACK (the rebalancer looks for the retry topic)."""
         self._owner: OwnedTaskGroup | None = None
+        self._settles_unyielded = 0
 
     def bind(self, owner: OwnedTaskGroup) -> None:
         self._owner = owner
@@ -180,6 +184,10 @@ class ConsumerCore:
     def deliver(self, message: Message) -> None:
         self.inbox.put_nowait(message)
 
+    def deliver_many(self, messages: list[Message]) -> None:
+        if messages:
+            self.inbox.put_many_nowait(messages)
+
     async def receive(self) -> Message:
         """The next deliverable message. Raises anyio.EndOfStream once closed."""
         while True:
@@ -193,6 +201,20 @@ class ConsumerCore:
                 return message
         return None
 
+    def receive_many_nowait(self, messages: list[Message], max_count: int) -> None:
+        """Append deliverable messages to ``messages`` (up to ``max_count`` in it) while
+        there are some right now: ``receive_nowait`` and ``_accept`` inlined."""
+        get = self.inbox.get_nowait
+        append = messages.append
+        active = WorkerState.ACTIVE
+        while len(messages) < max_count and (message := get()) is not None:
+            delivery = message._delivery
+            assert delivery is not None
+            worker = cast(QueueWorker, delivery.queue_worker)
+            if worker.state is active:
+                worker.handed_out += 1
+                append(message)
+
     def _accept(self, message: Message) -> bool:
         worker = _worker_of(message)
         if worker.state is not WorkerState.ACTIVE:
@@ -205,24 +227,41 @@ class ConsumerCore:
         # The outcome is recorded before anything can be cancelled, and an ack completes
         # without a cancel point: a cancelled caller must never leave a message neither
         # settled nor released (its queue's commits would stall behind it).
-        delivery, worker = _claim(message, outcome)
-        if delivery is not None:
-            try:
-                if worker.state is WorkerState.DROPPED:
-                    pass  # the queue moved on: its new owner delivers the message again
-                elif outcome is Outcome.ACK:
-                    worker.tracker.ack(message.queue_offset)
-                elif outcome is Outcome.RELEASE:
-                    if not self.settings.orderly:
-                        self._redeliver_now(message, worker)
-                elif not self.settings.clustering:
-                    self._redeliver_later(message, worker)  # no retry topic in broadcast
-                elif not self.settings.orderly:
-                    await self._nack(message, worker)
-            finally:
-                if delivery.settled is not None:
-                    delivery.settled.set()
-                worker.notify_progress()
+        delivery = message._delivery
+        assert delivery is not None
+        if outcome is Outcome.ACK and delivery.outcome is None and delivery.settled is None:
+            # The common case, purely local and O(1): inlined _claim, no cancel point, and
+            # a schedule point only every SETTLE_YIELD_EVERY settles (one costs more than
+            # the ack itself), which still keeps an ack-only loop from starving the others.
+            delivery.outcome = outcome
+            worker = cast(QueueWorker, delivery.queue_worker)
+            worker.handed_out -= 1
+            if worker.state is not WorkerState.DROPPED:
+                worker.tracker.ack(message.queue_offset)
+            worker.notify_progress()
+            self._settles_unyielded += 1
+            if self._settles_unyielded < SETTLE_YIELD_EVERY:
+                return
+        else:
+            claimed, worker = _claim(message, outcome)
+            if claimed is not None:
+                try:
+                    if worker.state is WorkerState.DROPPED:
+                        pass  # the queue moved on: its new owner delivers the message again
+                    elif outcome is Outcome.ACK:
+                        worker.tracker.ack(message.queue_offset)
+                    elif outcome is Outcome.RELEASE:
+                        if not self.settings.orderly:
+                            self._redeliver_now(message, worker)
+                    elif not self.settings.clustering:
+                        self._redeliver_later(message, worker)  # no retry topic in broadcast
+                    elif not self.settings.orderly:
+                        await self._nack(message, worker)
+                finally:
+                    if claimed.settled is not None:
+                        claimed.settled.set()
+                    worker.notify_progress()
+        self._settles_unyielded = 0
         await anyio.lowlevel.cancel_shielded_checkpoint()
 
     def release_nowait(self, message: Message) -> None:
@@ -314,11 +353,7 @@ def _claim(message: Message, outcome: Outcome) -> tuple[Delivery | None, QueueWo
 
 
 def _fresh_copy(message: Message, worker: QueueWorker, reconsume_times: int) -> Message:
-    old = message._delivery
-    assert old is not None
-    delivery = Delivery(old.settler, worker, stored_topic=old.stored_topic,
-                        stored_msg_id=old.stored_msg_id)
-    return replace(message, reconsume_times=reconsume_times, _delivery=delivery)
+    return redelivery(message, worker, reconsume_times)
 
 
 def _by_broker_topic(queues: set[MessageQueue]) -> dict[tuple[str, str], list[int]]:

@@ -41,6 +41,14 @@ class Inbox(Generic[T]):
         self._wake()
         return True
 
+    def put_many_nowait(self, items: list[T]) -> bool:
+        """Append ``items`` in order (one wake-up); False (and dropped) once closed."""
+        if self._closed:
+            return False
+        self._items.extend(items)
+        self._wake()
+        return True
+
     def put_front_nowait(self, item: T) -> bool:
         """Put ``item`` first in line; False (and dropped) once closed."""
         if self._closed:

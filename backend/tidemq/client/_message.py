@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import struct
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Protocol, final
 
 import anyio
@@ -82,7 +83,7 @@ class Delivery:
     __slots__ = ("outcome", "queue_worker", "settled", "settler", "stored_msg_id",
                  "stored_topic")
 
-    def __init__(self, settler: Settler, queue_worker: object, *, stored_topic: str,
+    def __init__(self, settler: Settler, queue_worker: object, stored_topic: str,
                  stored_msg_id: str) -> None:
         self.settler = settler
         self.queue_worker = queue_worker
@@ -94,9 +95,13 @@ class Delivery:
         """Set once settled, for an orderly worker waiting on its one in-flight message."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Message:
-    """A received message. ``ack()`` or ``nack()`` it (or use ``process()``)."""
+    """A received message. ``ack()`` or ``nack()`` it (or use ``process()``).
+
+    Treat it as read-only. It is not a frozen dataclass only because building one costs
+    an ``object.__setattr__`` call per field, for every message a consumer receives.
+    """
 
     topic: str
     body: bytes
@@ -122,7 +127,11 @@ class Message:
 
     async def ack(self) -> None:
         """Mark the message consumed. A no-op if it was already settled."""
-        await self._settle(Outcome.ACK)
+        delivery = self._delivery
+        if delivery is None:
+            self._require_delivery()  # raises
+        else:
+            await delivery.settler.settle(self, Outcome.ACK)
 
     async def nack(self) -> None:
         """Ask for redelivery later (``reconsume_times`` grows by one). A no-op if settled.
@@ -168,8 +177,39 @@ class Message:
 
 def stored_message_id(record: Record) -> str:
     """The offset-based id of the record as stored (the broker's SendResult.msg_id)."""
-    return encode_message_id(compact_host(record.store_host), record.store_port,
-                             record.commit_offset)
+    return stored_id(record.store_host, record.store_port, record.commit_offset)
+
+
+_ID_PREFIXES: dict[bytes, str] = {}
+_ID_PREFIXES_MAX: Final = 1024
+_HOST_PORT: Final = struct.Struct("<16sH")
+
+
+def stored_id(store_host: bytes, store_port: int, commit_offset: int) -> str:
+    """``encode_message_id`` of a stored record's address (16 bytes, as in the header)."""
+    return stored_id_at(_HOST_PORT.pack(store_host, store_port), commit_offset)
+
+
+def stored_id_at(store_address: bytes, commit_offset: int) -> str:
+    """``stored_id`` from the 18 bytes of store host and port as a record holds them, the
+    address part of the id cached: it runs for every message a consumer receives."""
+    prefix = _ID_PREFIXES.get(store_address)
+    if prefix is None or not 0 <= commit_offset < 2**64:
+        host, port = _HOST_PORT.unpack(store_address)
+        full = encode_message_id(compact_host(host), port, commit_offset)
+        if len(_ID_PREFIXES) >= _ID_PREFIXES_MAX:
+            _ID_PREFIXES.clear()
+        _ID_PREFIXES[store_address] = full[:-16]
+        return full
+    return f"{prefix}{commit_offset:016X}"
+
+
+def redelivery(message: Message, queue_worker: object, reconsume_times: int) -> Message:
+    """A copy of a delivered message to deliver again, with a fresh (unsettled) delivery."""
+    old = message._delivery
+    assert old is not None
+    delivery = Delivery(old.settler, queue_worker, old.stored_topic, old.stored_msg_id)
+    return replace(message, reconsume_times=reconsume_times, _delivery=delivery)
 
 
 def message_from_record(record: Record, broker: str, *, present_origin: bool,

@@ -31,26 +31,34 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import replace
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, final
 
 import anyio
 import anyio.abc
 
 from tidemq.client._message import (
+    PROPERTY_ORIGIN_MSG_ID,
     PROPERTY_ORIGIN_TOPIC,
     Delivery,
     Message,
     Outcome,
-    message_from_record,
-    stored_message_id,
+    redelivery,
+    stored_id_at,
 )
 from tidemq.client._routes import MessageQueue
 from tidemq.client._tracker import QueueTracker
 from tidemq.errors import ProtocolError, TideError, TopicNotFound
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import FieldValue
-from tidemq.protocol.record import Record, iter_records
+from tidemq.protocol.record import (
+    KEY_SEPARATOR,
+    PROPERTY_KEYS,
+    PROPERTY_TAGS,
+    PROPERTY_UNIQUE_ID,
+    PartsHeader,
+    iter_record_parts,
+)
 
 if TYPE_CHECKING:
     from tidemq.client._core import ConsumerCore
@@ -122,31 +130,75 @@ class QueueWorker:
         await self._finished.wait()
         self.state = WorkerState.DROPPED
 
-    def make_message(self, record: Record, *, reconsume_times: int | None = None) -> Message:
-        delivery = Delivery(self.core, self, stored_topic=record.topic,
-                            stored_msg_id=stored_message_id(record))
-        message = message_from_record(record, self.queue.broker,
-                                      present_origin=self._is_retry_queue, delivery=delivery)
-        if reconsume_times is not None:
-            message = replace(message, reconsume_times=reconsume_times)
-        return message
+    def make_messages(self, parts: Iterable[tuple[PartsHeader, str, dict[str, str], bytes]]
+                      ) -> list[Message]:
+        """Messages of the pulled records the subscription really matches (the broker
+        filters by tag hash, which can collide). One loop, no intermediate ``Record``: it
+        runs for every message received. What ``message_from_record`` builds."""
+        core = self.core
+        broker = self.queue.broker
+        retry = self._is_retry_queue
+        subscriptions = core.settings.subscriptions
+        messages: list[Message] = []
+        append = messages.append
+        # A pull's records mostly share their topic and store address: the subscription's
+        # tags and the address part of the message id are looked up once per change.
+        last_topic: str | None = None
+        tags: frozenset[str] | None = None
+        last_address = b""
+        id_prefix = ""
+        for header, topic, properties, body in parts:
+            address = header[7]
+            if address != last_address:
+                msg_id = stored_id_at(address, header[5])
+                id_prefix, last_address = msg_id[:-16], address
+            else:
+                msg_id = f"{id_prefix}{header[5]:016X}"
+            stored_msg_id = msg_id
+            stored_topic = topic
+            if properties:  # a fresh dict: the SDK's own properties move to fields
+                unique_id = properties.pop(PROPERTY_UNIQUE_ID, None)
+                if properties:
+                    tag = properties.pop(PROPERTY_TAGS, None)
+                    keys_text = properties.pop(PROPERTY_KEYS, None)
+                    keys: tuple[str, ...] = tuple(
+                        key for key in keys_text.split(KEY_SEPARATOR) if key
+                    ) if keys_text else ()
+                    if retry:
+                        topic = properties.pop(PROPERTY_ORIGIN_TOPIC, topic)
+                        msg_id = properties.pop(PROPERTY_ORIGIN_MSG_ID, msg_id)
+                else:
+                    tag = None
+                    keys = ()
+            else:
+                tag = unique_id = None
+                keys = ()
+            if topic != last_topic:
+                subscription = subscriptions.get(topic)
+                tags = None if subscription is None else subscription.tags
+                last_topic = topic
+            if tags is not None and tag not in tags:
+                continue  # Subscription.matches, inlined
+            append(Message(topic, body, tag, keys, msg_id, unique_id, header[3], header[4],
+                           header[8], header[9], header[6], properties, broker,
+                           Delivery(core, self, stored_topic, stored_msg_id)))
+        return messages
 
     async def _run_concurrent(self) -> None:
         settings = self.core.settings
+        deliver_many = self.core.deliver_many
         while True:
             await self._wait_for_room()
             room = settings.prefetch_per_queue - self.tracker.undone_count
-            for record in await self._pull(min(settings.pull_batch_size, room)):
-                self.core.deliver(self.make_message(record))
+            deliver_many(await self._pull(min(settings.pull_batch_size, room)))
 
     async def _run_orderly(self) -> None:
         while True:
-            for record in await self._pull(self.core.settings.pull_batch_size):
-                await self._deliver_in_order(record)
+            for message in await self._pull(self.core.settings.pull_batch_size):
+                await self._deliver_in_order(message)
 
-    async def _deliver_in_order(self, record: Record) -> None:
+    async def _deliver_in_order(self, message: Message) -> None:
         settings = self.core.settings
-        message = self.make_message(record)
         while True:
             delivery = message._delivery
             assert delivery is not None
@@ -162,7 +214,7 @@ class QueueWorker:
                     return
                 reconsume_times += 1
                 await anyio.sleep(settings.retry_delay_ms / 1000)
-            message = self.make_message(record, reconsume_times=reconsume_times)
+            message = redelivery(message, self, reconsume_times)
 
     async def _wait_for_room(self) -> None:
         settings = self.core.settings
@@ -170,8 +222,8 @@ class QueueWorker:
                or self.tracker.span_count >= settings.span_per_queue_max):
             await self._wait_progress()
 
-    async def _pull(self, max_count: int) -> list[Record]:
-        """One long poll; the records to deliver (may be none). Failures back off."""
+    async def _pull(self, max_count: int) -> list[Message]:
+        """One long poll; the messages to deliver (may be none). Failures back off."""
         settings = self.core.settings
         offset = self.tracker.next_offset
         fields: dict[str, FieldValue] = {
@@ -185,7 +237,8 @@ class QueueWorker:
         try:
             response = await self.core.pool.call(self.queue.broker, RequestCode.PULL_MESSAGE,
                                                  fields, timeout_ms=settings.pull_timeout_ms)
-            records = list(iter_records(response.body))
+            pulled = response.body
+            messages = self.make_messages(iter_record_parts(pulled))
         except TopicNotFound:
             raise
         except (TideError, ProtocolError) as error:
@@ -196,24 +249,25 @@ class QueueWorker:
             self.committed_offset = max(self.committed_offset, commit_offset)
         next_offset = response.fields.get("next_offset")
         if not isinstance(next_offset, int) or next_offset < 0:
-            next_offset = offset + len(records)
+            next_offset = offset + _count_records(pulled)
         if next_offset < offset:  # the queue shrank under us (reset, data loss)
             logger.warning("pull_offset_moved_back", extra={
                 "queue": str(self.queue), "offset": offset, "next_offset": next_offset})
             self.tracker.reset(next_offset)
             self.committed_offset = -1  # unknown now: the next commit round sends ours
             return []
-        wanted = [record for record in records if self._matches(record)]
-        self.tracker.add((record.queue_offset for record in wanted), next_offset)
-        return wanted
+        self.tracker.add([message.queue_offset for message in messages], next_offset)
+        return messages
 
     def _expression(self) -> str:
         subscription = self.core.settings.subscriptions.get(self.queue.topic)
         return "*" if subscription is None else subscription.expression
 
-    def _matches(self, record: Record) -> bool:
-        topic = record.topic
-        if self._is_retry_queue:
-            topic = record.properties.get(PROPERTY_ORIGIN_TOPIC, topic)
-        subscription = self.core.settings.subscriptions.get(topic)
-        return subscription is None or subscription.matches(record.tag)
+
+def _count_records(data: bytes | bytearray | memoryview) -> int:
+    """How many records ``data`` holds (all decoded already, so well formed)."""
+    count = position = 0
+    while position < len(data):
+        position += int.from_bytes(data[position:position + 4], "little")
+        count += 1
+    return count

@@ -27,6 +27,7 @@ This module is pure (no I/O, no clock), so its rules are unit-tested directly.
 from __future__ import annotations
 
 import collections
+import operator
 from collections.abc import Iterable
 from typing import final
 
@@ -60,13 +61,22 @@ class QueueTracker:
         ``next_offset``. Offsets below the current ``next_offset`` are ignored (a late
         answer to an old pull)."""
         floor = self.next_offset
-        for offset in offsets:
-            if offset < floor or offset >= next_offset:
-                continue
-            assert not self._order or offset > self._order[-1], "offsets must ascend"
-            self._order.append(offset)
-            self._undone.add(offset)
-        self.next_offset = max(self.next_offset, next_offset)
+        order = self._order
+        if isinstance(offsets, list) and offsets and floor <= offsets[0] and \
+                offsets[-1] < next_offset and (not order or offsets[0] > order[-1]):
+            # the usual pull, all of it new: in bulk
+            assert all(map(operator.lt, offsets, offsets[1:])), "offsets must ascend"
+            order.extend(offsets)
+            self._undone.update(offsets)
+        else:
+            for offset in offsets:
+                if offset < floor or offset >= next_offset:
+                    continue
+                assert not order or offset > order[-1], "offsets must ascend"
+                order.append(offset)
+                self._undone.add(offset)
+        if next_offset > floor:
+            self.next_offset = next_offset
 
     def ack(self, offset: int) -> bool:
         """Mark ``offset`` done. Returns False when it was not in flight (already done, or

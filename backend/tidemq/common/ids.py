@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 _TAIL = struct.Struct(">HQ")
@@ -43,6 +44,22 @@ def encode_message_id(host_packed: bytes, port: int, commit_offset: int) -> str:
     if not 0 <= port <= 0xFFFF or not 0 <= commit_offset < 2**64:
         raise ValueError(f"port {port} or commit offset {commit_offset} out of range")
     return (host_packed + _TAIL.pack(port, commit_offset)).hex().upper()
+
+
+def encode_message_ids(first_id: str, commit_offsets: Sequence[int]) -> list[str]:
+    """The ids of ``commit_offsets`` on the host and port that ``first_id`` (any id that
+    ``encode_message_id`` made there) names: one string format per id, not a packing.
+
+    Raises:
+        ValueError: an offset is out of range.
+    """
+    if commit_offsets and (min(commit_offsets) < 0 or max(commit_offsets) >= 2**64):
+        raise ValueError("a commit offset is out of range")
+    prefix = first_id[:-_OFFSET_HEX_DIGITS]
+    return [f"{prefix}{offset:016X}" for offset in commit_offsets]
+
+
+_OFFSET_HEX_DIGITS = 16
 
 
 def decode_message_id(text: str) -> MessageId:

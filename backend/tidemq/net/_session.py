@@ -7,7 +7,7 @@ here::
                       +-------------------- Session.run() -------------------+
     socket --receive--> reader: Connection.receive_data / next_event          |
                       |   Response --> waiters[opaque].succeed()  ----------+ |
-                      |   Request  --> handler task (at most N at once) --+ | |
+                      |   Request  --> handler worker (at most N at once) + | |
                       |                or SYSTEM_BUSY at once             | | |
                       | writer: FrameWriter.run() <-- responses ----------+ | |
     socket <--send----+                             <-- requests ----+      | |
@@ -24,6 +24,9 @@ here::
   for a slot); at most ``max_in_flight_requests`` of the peer's requests are handled at once
   (more are answered SYSTEM_BUSY at once, never queued); the send queue is bounded by
   bytes (see ``_writer``); reads are ``receive_size_bytes`` at a time.
+* Handler workers: a request is queued and a parked worker task woken for it (or a new one
+  started when none is parked); workers park between requests rather than exit, since an
+  anyio task costs several times more to start than to wake (see ``_admit``).
 * Handler errors never end the connection: an exception becomes an error response (a
   ``TideError`` keeps its code, anything else is INTERNAL and logged).
 
@@ -37,6 +40,7 @@ the stream is closed. ``run()`` returns normally in all these cases.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias, final
@@ -61,6 +65,9 @@ from tidemq.protocol.exceptions import (
 from tidemq.protocol.frame import encode_response
 
 logger = logging.getLogger("tidemq.net.session")
+
+_IDLE_WORKERS_MAX = 128
+"""Parked handler workers kept per connection; more exit (a burst starts new ones)."""
 
 RequestHandler: TypeAlias = Callable[[Request], Awaitable[Response | None]]
 
@@ -92,6 +99,11 @@ class Session:
         self._writer = FrameWriter(stream, high_water_bytes=options.send_high_water_bytes)
         self._pending = PendingRequests(options.max_outstanding_requests)
         self._in_flight_requests = 0
+        # The handler pool (see _admit): admitted requests not yet picked up, the wake-up
+        # events of idle workers, and whether workers should exit once the queue is empty.
+        self._admitted: collections.deque[Request] = collections.deque()
+        self._idle_workers: list[anyio.Event] = []
+        self._workers_closing = False
         self._close_reason: ConnectionClosed | None = None
         self._peer_complaint = ""
         self._frames_received = 0
@@ -125,12 +137,19 @@ class Session:
                 async with anyio.create_task_group() as io_group:
                     io_group.start_soon(self._write_until_closed)
                     io_group.start_soon(self._pending.expire_forever)
-                    async with anyio.create_task_group() as handler_group:
-                        self._mark_closed(await self._read_until_closed(handler_group))
-                        # Requests already received may finish (a oneway send must still
-                        # be stored), within a grace period; a local close() cancels all.
-                        handler_group.cancel_scope.deadline = (
-                            anyio.current_time() + self._options.handler_grace_ms / 1000)
+                    try:
+                        async with anyio.create_task_group() as handler_group:
+                            self._mark_closed(await self._read_until_closed(handler_group))
+                            # Requests already received may finish (a oneway send must
+                            # still be stored), within a grace period; a local close()
+                            # cancels all.
+                            handler_group.cancel_scope.deadline = (
+                                anyio.current_time() + self._options.handler_grace_ms / 1000)
+                            self._retire_workers()
+                    finally:
+                        # Requests that no worker reached (cancelled): no longer in flight.
+                        self._in_flight_requests -= len(self._admitted)
+                        self._admitted.clear()
                     await self._flush_before_close()
                     io_group.cancel_scope.cancel()
         finally:
@@ -294,8 +313,10 @@ class Session:
             self._frames_received += 1
             if isinstance(event, Response):
                 self._deliver(event)
+            elif self._in_flight_requests < self._options.max_in_flight_requests:
+                self._admit(event, handler_group)  # no coroutine for the common case
             else:
-                await self._admit(event, handler_group)
+                await self._refuse_busy(event)
 
     def _deliver(self, response: Response) -> None:
         if self._pending.complete(response):
@@ -318,18 +339,49 @@ class Session:
         frame = encode_response(error_response(opaque, error), self._connection.limits)
         self._writer.write_nowait(frame)
 
-    async def _admit(self, request: Request, handler_group: anyio.abc.TaskGroup) -> None:
-        if self._in_flight_requests >= self._options.max_in_flight_requests:
-            if request.oneway:
-                logger.warning("oneway_dropped_busy",
-                               extra={"peer": self._peer_name, "code": request.code.name})
-                return
-            remark = f"over {self._options.max_in_flight_requests} requests in flight"
-            await self._send_response(request.respond(code=ErrorCode.SYSTEM_BUSY, remark=remark))
+    async def _refuse_busy(self, request: Request) -> None:
+        """Over ``max_in_flight_requests``: answer SYSTEM_BUSY at once (never queue)."""
+        if request.oneway:
+            logger.warning("oneway_dropped_busy",
+                           extra={"peer": self._peer_name, "code": request.code.name})
             return
+        remark = f"over {self._options.max_in_flight_requests} requests in flight"
+        await self._send_response(request.respond(code=ErrorCode.SYSTEM_BUSY, remark=remark))
+
+    def _admit(self, request: Request, handler_group: anyio.abc.TaskGroup) -> None:
+        """Hand a request (the caller checked the in-flight limit) to a handler worker."""
         self._in_flight_requests += 1
-        # A fixed name spares anyio from deriving one from the callable on every request.
-        handler_group.start_soon(self._handle, request, name="tidemq.net.handler")
+        # Handlers run in a pool of worker tasks rather than a task per request: an anyio
+        # task costs far more to start than waking a parked worker. Every queued request
+        # has a worker woken (or started) for it, so a handler that blocks (a parked pull)
+        # never delays the requests behind it; a worker that finishes early may take a
+        # request first, and the woken one then finds the queue empty and parks again.
+        self._admitted.append(request)
+        if self._idle_workers:
+            self._idle_workers.pop().set()
+        else:
+            # A fixed name spares anyio from deriving one from the callable.
+            handler_group.start_soon(self._work, name="tidemq.net.handler")
+
+    async def _work(self) -> None:
+        """A handler worker: handle queued requests; park when there are none (or exit,
+        when enough workers are parked already or the conversation is over)."""
+        admitted = self._admitted
+        while True:
+            while admitted:
+                await self._handle(admitted.popleft())
+            if self._workers_closing or len(self._idle_workers) >= _IDLE_WORKERS_MAX:
+                return
+            wake = anyio.Event()
+            self._idle_workers.append(wake)
+            await wake.wait()
+
+    def _retire_workers(self) -> None:
+        """No more requests come: workers finish what is queued, then exit."""
+        self._workers_closing = True
+        idle, self._idle_workers = self._idle_workers, []
+        for wake in idle:
+            wake.set()
 
     async def _handle(self, request: Request) -> None:
         try:

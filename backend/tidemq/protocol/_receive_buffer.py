@@ -21,14 +21,17 @@ from typing import Final, final
 
 _U32: Final = struct.Struct(">I")
 _PREFIX: Final = struct.Struct(">II")
+_EMPTY_VIEW: Final = memoryview(b"")
 
 
 @final
 class ReceiveBuffer:
-    __slots__ = ("_chunks", "_head_offset", "_size")
+    __slots__ = ("_chunks", "_head_offset", "_head_view", "_head_view_of", "_size")
 
     def __init__(self) -> None:
         self._chunks: collections.deque[bytes] = collections.deque()
+        self._head_view = _EMPTY_VIEW
+        self._head_view_of: bytes | None = None
         self._head_offset = 0
         self._size = 0
 
@@ -64,7 +67,13 @@ class ReceiveBuffer:
 
     def skip(self, count: int) -> None:
         """Drop the next ``count`` bytes."""
-        self.take(count)
+        assert 0 <= count <= self._size
+        head_left = len(self._chunks[0]) - self._head_offset if count else 0
+        if count <= head_left:
+            if count:
+                self._advance_within_head(count, self._head_offset + head_left)
+        else:
+            self._consume_across_chunks(count)
 
     def take(self, count: int) -> bytes | memoryview:
         """Remove and return the next ``count`` bytes (see the module docstring)."""
@@ -78,7 +87,11 @@ class ReceiveBuffer:
             self._advance_within_head(count, len(head))
             if start == 0 and end == len(head):
                 return head
-            return memoryview(head)[start:end]
+            # One view of the head chunk serves every slice taken from it.
+            if self._head_view_of is not head:
+                self._head_view = memoryview(head)
+                self._head_view_of = head
+            return self._head_view[start:end]
         joined = self._peek(count)
         self._consume_across_chunks(count)
         return joined
@@ -88,6 +101,8 @@ class ReceiveBuffer:
         self._size -= count
         if self._head_offset == head_length:
             self._chunks.popleft()
+            self._head_view_of = None  # slices taken keep the chunk alive, not the buffer
+            self._head_view = _EMPTY_VIEW
             self._head_offset = 0
 
     def _peek(self, count: int) -> bytes:

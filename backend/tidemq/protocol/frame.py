@@ -33,6 +33,7 @@ raises ``LocalProtocolError`` before producing any bytes.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, TypeGuard, cast
@@ -132,7 +133,7 @@ def _header_map(
 def _encode_frame(header: dict[str, object], body: bytes | bytearray | memoryview,
                   limits: FrameLimits) -> bytes:
     try:
-        packed_header: bytes = msgpack.packb(header, default=_pack_other_containers)
+        packed_header: bytes = _packer().pack(header)
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"header cannot be encoded: {exc}") from exc
     if len(packed_header) > limits.max_header_size_bytes:
@@ -157,6 +158,19 @@ def _encode_frame(header: dict[str, object], body: bytes | bytearray | memoryvie
     return b"".join((PREFIX.pack(length, len(packed_header)), packed_header, body))
 
 
+_PACKERS: Final = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    # A Packer is reused (building one per frame costs as much as packing a small header);
+    # one per thread, since a Packer's buffer is not safe to share.
+    try:
+        packer: msgpack.Packer = _PACKERS.packer
+    except AttributeError:
+        packer = _PACKERS.packer = msgpack.Packer(default=_pack_other_containers)
+    return packer
+
+
 def _pack_other_containers(value: object) -> object:
     # msgpack packs dict, list and tuple natively; fields_shape_problem has already allowed
     # only these and read-only Mappings (MappingProxyType and friends), which become dicts.
@@ -168,10 +182,23 @@ def _pack_other_containers(value: object) -> object:
 def fields_shape_problem(fields: object) -> str | None:
     """Why ``fields`` is not a valid fields map (see events.py), or None when it is."""
     if type(fields) is dict:
-        # Fast path: the common flat map of str keys to scalars.
+        # Fast path: the common map of str keys to scalars and flat lists of scalars (a
+        # send's message ids), all well inside FIELD_DEPTH_MAX.
+        scalar_types = _SCALAR_TYPES
         for key, value in fields.items():
-            if type(key) is not str or type(value) not in _SCALAR_TYPES:
+            if type(key) is not str:
                 break
+            value_type = type(value)
+            if value_type in scalar_types:
+                continue
+            if value_type is not list and value_type is not tuple:
+                break
+            for item in value:
+                if type(item) not in scalar_types:
+                    break
+            else:
+                continue
+            break
         else:
             return None
     elif not isinstance(fields, Mapping):

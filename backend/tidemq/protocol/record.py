@@ -136,18 +136,22 @@ def encode_properties(properties: Mapping[str, str]) -> bytes:
 
 def decode_properties(data: Buffer) -> dict[str, str]:
     """Decode a properties block. Raises ProtocolError if it is not a str -> str map."""
-    raw = bytes(data)
-    if not raw:
+    if not len(data):
         return {}
     try:
-        value = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        value = _unpackb(data)  # msgpack >= 1.0: raw=False, strict_map_key=True
     except Exception as error:  # msgpack raises several unrelated types on garbage
         raise ProtocolError(f"properties are not msgpack: {error}") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    # msgpack makes exact ``str`` and ``dict`` objects: identity tests, no isinstance calls
+    if type(value) is not dict:
         raise ProtocolError("properties must be a map of strings to strings")
+    for key, item in value.items():
+        if type(key) is not str or type(item) is not str:
+            raise ProtocolError("properties must be a map of strings to strings")
     return value
+
+
+_unpackb: Final = msgpack.unpackb
 
 
 def encode_draft(
@@ -249,54 +253,123 @@ def check_record(data: Buffer, position: int = 0, limit: int | None = None) -> i
     """
     view = memoryview(data)
     end = len(view) if limit is None else limit
+    header = _check_header(view, position, end)
+    if _crc32c(view[position + CRC_START:position + header[0]]) != header[2]:
+        raise ProtocolError(f"crc mismatch at {position}")
+    return int(header[0])
+
+
+RecordHeader = tuple[int, int, int, int, int, int, int, int, int, bytes, int, int, bytes, int,
+                     int, int, int, int, int, int]
+"""``HEADER.unpack`` of a record: total_size, magic, crc, flags, queue_id, leader_epoch,
+queue_offset, commit_offset, store_timestamp_ms, store_host, store_port, born_port,
+born_host, reconsume_times, born_timestamp_ms, tag_hash, body_length, properties_length,
+topic_length, reserved."""
+
+_unpack_header: Final = HEADER.unpack_from
+_crc32c: Final = crc32c
+
+
+def _check_header(view: memoryview, position: int, end: int) -> RecordHeader:
+    """The header of the record at ``position`` once its magic, size bounds (within
+    ``end``) and part lengths are checked (not the crc)."""
     if end - position < HEADER_SIZE:
         raise ProtocolError(f"truncated record at {position}: {end - position} bytes left")
-    total_size, magic = SIZE_MAGIC.unpack_from(view, position)
-    if magic != RECORD_MAGIC:
-        raise ProtocolError(f"bad magic {magic:#x} at {position}")
+    header: RecordHeader = _unpack_header(view, position)
+    total_size = header[0]
+    if header[1] != RECORD_MAGIC:
+        raise ProtocolError(f"bad magic {header[1]:#x} at {position}")
     if total_size < HEADER_SIZE or position + total_size > end:
         raise ProtocolError(f"bad record size {total_size} at {position}")
-    header = HEADER.unpack_from(view, position)
-    body_length, properties_length, topic_length = header[16], header[17], header[18]
-    if HEADER_SIZE + body_length + properties_length + topic_length != total_size:
+    if HEADER_SIZE + header[16] + header[17] + header[18] != total_size:
         raise ProtocolError(f"record parts do not add up to its size at {position}")
-    stored_crc = header[2]
-    if crc32c(view[position + CRC_START:position + total_size]) != stored_crc:
-        raise ProtocolError(f"crc mismatch at {position}")
-    return int(total_size)
+    return header
 
 
-def decode_record(data: Buffer, position: int = 0, *, verify: bool = True) -> Record:
-    """Decode the record at ``position``. ``verify=False`` skips only the crc: the size,
-    magic and lengths are always checked, so a lying size can never stall ``iter_records``.
+PartsHeader = tuple[int, int, int, int, int, int, int, bytes, int, int, int, int, int]
+"""The header fields ``iter_record_parts`` gives: total_size, magic, crc, queue_id,
+queue_offset, commit_offset, store_timestamp_ms, store address (store_host then store_port,
+18 bytes as stored), reconsume_times, born_timestamp_ms, body_length, properties_length,
+topic_length."""
 
-    Raises:
-        ProtocolError: bad magic, size, crc (when ``verify``), topic or properties.
-    """
+PARTS_HEADER: Final = struct.Struct("<III4xI4xQQQ18s18xIQ8xIIH2x")
+"""``HEADER`` without the fields a consumer never reads (fewer objects to make)."""
+assert PARTS_HEADER.size == HEADER_SIZE
+_unpack_parts_header: Final = PARTS_HEADER.unpack_from
+
+
+def iter_record_parts(data: Buffer, *, verify: bool = True
+                      ) -> Iterator[tuple[PartsHeader, str, dict[str, str], bytes]]:
+    """Like ``iter_records``, without building ``Record`` objects: yields ``(header, topic,
+    properties, body)`` per record, ``header`` as ``PartsHeader`` describes it. The same
+    checks, in one pass with few calls (the consumer's hot path)."""
     view = memoryview(data)
-    if verify:
-        check_record(view, position)
-    elif len(view) - position < HEADER_SIZE:
-        raise ProtocolError(f"truncated record at {position}")
-    (total_size, magic, _crc, flags, queue_id, leader_epoch, queue_offset, commit_offset,
-     store_timestamp_ms, store_host, store_port, born_port, born_host, reconsume_times,
-     born_timestamp_ms, tag_hash_value, body_length, properties_length, topic_length,
-     _reserved) = HEADER.unpack_from(view, position)
-    if magic != RECORD_MAGIC:
-        raise ProtocolError(f"bad magic {magic:#x} at {position}")
-    if HEADER_SIZE + topic_length + properties_length + body_length != total_size:
-        raise ProtocolError(f"record parts do not add up to its size at {position}")
+    end = len(view)
+    position = 0
+    while position < end:
+        # _check_header and decode_properties, inlined: this loop runs once per message
+        # a consumer receives
+        if end - position < HEADER_SIZE:
+            raise ProtocolError(f"truncated record at {position}: {end - position} bytes left")
+        header: PartsHeader = _unpack_parts_header(view, position)
+        total_size = header[0]
+        if header[1] != RECORD_MAGIC:
+            raise ProtocolError(f"bad magic {header[1]:#x} at {position}")
+        if total_size < HEADER_SIZE or position + total_size > end:
+            raise ProtocolError(f"bad record size {total_size} at {position}")
+        body_length, properties_length, topic_length = header[10], header[11], header[12]
+        if HEADER_SIZE + body_length + properties_length + topic_length != total_size:
+            raise ProtocolError(f"record parts do not add up to its size at {position}")
+        next_position = position + total_size
+        if verify and _crc32c(view[position + CRC_START:next_position]) != header[2]:
+            raise ProtocolError(f"crc mismatch at {position}")
+        start = position + HEADER_SIZE
+        try:
+            topic = str(view[start:start + topic_length], "utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"topic is not UTF-8 at {position}") from None
+        start += topic_length
+        if properties_length:
+            try:
+                properties = _unpackb(view[start:start + properties_length])
+            except Exception as error:  # msgpack raises several unrelated types
+                raise ProtocolError(f"properties are not msgpack: {error}") from None
+            if type(properties) is not dict:
+                raise ProtocolError("properties must be a map of strings to strings")
+            for key, item in properties.items():
+                if type(key) is not str or type(item) is not str:
+                    raise ProtocolError("properties must be a map of strings to strings")
+        else:
+            properties = {}
+        yield header, topic, properties, view[start + properties_length:next_position].tobytes()
+        position = next_position
+
+
+def _decode_parts(view: memoryview, position: int, verify: bool
+                  ) -> tuple[RecordHeader, str, dict[str, str], bytes]:
+    header = _check_header(view, position, len(view))
+    total_size = header[0]
+    if verify and _crc32c(view[position + CRC_START:position + total_size]) != header[2]:
+        raise ProtocolError(f"crc mismatch at {position}")
     start = position + HEADER_SIZE
-    if position + total_size > len(view):
-        raise ProtocolError(f"truncated record at {position}")
+    topic_length, properties_length = header[18], header[17]
     try:
-        topic = bytes(view[start:start + topic_length]).decode()
+        topic = str(view[start:start + topic_length], "utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"topic is not UTF-8 at {position}") from None
     start += topic_length
-    properties = decode_properties(view[start:start + properties_length])
-    start += properties_length
-    body = bytes(view[start:start + body_length])
+    properties = decode_properties(view[start:start + properties_length]) \
+        if properties_length else {}
+    return header, topic, properties, view[start + properties_length:
+                                            position + total_size].tobytes()
+
+
+def _record(header: RecordHeader, topic: str, properties: dict[str, str], body: bytes
+            ) -> Record:
+    (total_size, _magic, _crc, flags, queue_id, leader_epoch, queue_offset, commit_offset,
+     store_timestamp_ms, store_host, store_port, born_port, born_host, reconsume_times,
+     born_timestamp_ms, tag_hash_value, _body_length, _properties_length, _topic_length,
+     _reserved) = header
     return Record(
         total_size=total_size, flags=flags, queue_id=queue_id, leader_epoch=leader_epoch,
         queue_offset=queue_offset, commit_offset=commit_offset,
@@ -307,14 +380,24 @@ def decode_record(data: Buffer, position: int = 0, *, verify: bool = True) -> Re
     )
 
 
+def decode_record(data: Buffer, position: int = 0, *, verify: bool = True) -> Record:
+    """Decode the record at ``position``. ``verify=False`` skips only the crc: the size,
+    magic and lengths are always checked, so a lying size can never stall ``iter_records``.
+
+    Raises:
+        ProtocolError: bad magic, size, crc (when ``verify``), topic or properties.
+    """
+    return _record(*_decode_parts(memoryview(data), position, verify))
+
+
 def iter_records(data: Buffer, *, verify: bool = True) -> Iterator[Record]:
     """Decode back-to-back records (a pull response body)."""
     view = memoryview(data)
     position = 0
     while position < len(view):
-        record = decode_record(view, position, verify=verify)
-        yield record
-        position += record.total_size
+        parts = _decode_parts(view, position, verify)
+        yield _record(*parts)
+        position += parts[0][0]
 
 
 def draft_topic(draft: Buffer) -> str:

@@ -12,6 +12,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 from tidemq.broker import fields
+from tidemq.common.ids import encode_message_ids
 from tidemq.errors import InvalidArgument, MessageIllegal
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Body, Request, Response
@@ -75,7 +76,7 @@ async def handle_send(broker: Broker, request: Request, context: ServerConnectio
     return request.respond({
         "queue_id": queue_id,
         "first_queue_offset": result.first_queue_offset,
-        "msg_ids": [broker.message_id(offset) for offset in result.commit_offsets],
+        "msg_ids": encode_message_ids(broker.message_id(0), result.commit_offsets),
         "store_timestamp_ms": result.store_timestamp_ms,
     })
 
