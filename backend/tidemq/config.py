@@ -27,6 +27,8 @@ from tidemq.common.units import GIB, HOUR_MS, MIB, parse_duration_ms, parse_size
 from tidemq.errors import ConfigError
 
 FlushMode = Literal["async", "sync"]
+NameServerMode = Literal["peers", "primary", "chain"]
+ReplicationAck = Literal["async", "semi-sync", "sync"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +87,15 @@ class BrokerConfig:
     hello_timeout_ms: int = 10_000
     frame_stall_timeout_ms: int = 30_000
     max_in_flight_requests: int = 1024
+    namesrv_addresses: tuple[str, ...] = ()
+    namesrv_heartbeat_interval_ms: int = 10_000
 
     def __post_init__(self) -> None:
         _require(0 <= self.port <= 65535, "broker.port", "in 0..65535")
+        _require(all(_is_address(a) for a in self.namesrv_addresses),
+                 "broker.namesrv_addresses", "a list of host:port")
+        _require(self.namesrv_heartbeat_interval_ms >= 10,
+                 "broker.namesrv_heartbeat_interval_ms", ">= 10")
         _require(self.hello_timeout_ms >= 1, "broker.hello_timeout_ms", ">= 1")
         _require(self.frame_stall_timeout_ms >= 1, "broker.frame_stall_timeout_ms", ">= 1")
         _require(self.max_in_flight_requests >= 1, "broker.max_in_flight_requests", ">= 1")
@@ -98,11 +106,61 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NameServerConfig:
+    """A name server node (DESIGN.md section 7) and, with ``members``, its cluster."""
+
+    host: str = "127.0.0.1"
+    port: int = 9876
+    mode: NameServerMode = "peers"
+    members: tuple[str, ...] = ()
+    """Every name server of the cluster as ``host:port``, this one included, in the order
+    that decides who takes over (primary) or the chain's order. Empty: a lone name server."""
+    ack: ReplicationAck = "semi-sync"
+    broker_timeout_ms: int = 30_000
+    eviction_check_interval_ms: int = 1_000
+    ping_interval_ms: int = 500
+    peer_timeout_ms: int = 2_000
+    replication_timeout_ms: int = 3_000
+    hello_timeout_ms: int = 10_000
+    frame_stall_timeout_ms: int = 30_000
+    max_in_flight_requests: int = 1024
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "namesrv.port", "in 0..65535")
+        _require(self.mode in ("peers", "primary", "chain"), "namesrv.mode",
+                 '"peers", "primary" or "chain"')
+        _require(self.ack in ("async", "semi-sync", "sync"), "namesrv.ack",
+                 '"async", "semi-sync" or "sync"')
+        _require(all(_is_address(a) for a in self.members), "namesrv.members",
+                 "a list of host:port")
+        _require(len(set(self.members)) == len(self.members), "namesrv.members",
+                 "free of duplicates")
+        for key in ("broker_timeout_ms", "eviction_check_interval_ms", "ping_interval_ms",
+                    "peer_timeout_ms", "replication_timeout_ms", "hello_timeout_ms",
+                    "frame_stall_timeout_ms", "max_in_flight_requests"):
+            _require(getattr(self, key) >= 1, f"namesrv.{key}", ">= 1")
+        _require(self.peer_timeout_ms > self.ping_interval_ms, "namesrv.peer_timeout_ms",
+                 "> namesrv.ping_interval_ms")
+
+
+@dataclass(frozen=True, slots=True)
 class TidemqConfig:
     """Everything one process reads. Each section is one role's dataclass."""
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    namesrv: NameServerConfig = field(default_factory=NameServerConfig)
+
+
+def _is_address(address: object) -> bool:
+    if not isinstance(address, str):
+        return False
+    host, separator, port = address.rpartition(":")
+    return bool(separator and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _require(condition: bool, key: str, expectation: str) -> None:
@@ -211,6 +269,12 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if value not in choices:
             raise ValueError(f"{value!r} is not one of {', '.join(map(repr, choices))}")
         return value
+    if origin is tuple:
+        if isinstance(value, str):  # an environment variable or --set: comma-separated
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"expected a list of strings, got {value!r}")
+        return tuple(value)
     if origin in (typing.Union, types.UnionType):
         raise TypeError("union-typed config fields are not supported")
     if hint is bool:

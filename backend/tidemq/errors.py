@@ -14,6 +14,7 @@ same exception classes. Add a subclass only where a caller would react different
 from __future__ import annotations
 
 import enum
+import re
 
 
 class ErrorCode(enum.IntEnum):
@@ -133,6 +134,34 @@ class FlushTimeout(TideError):
     survive a power cut (it does survive a process kill)."""
 
     code = ErrorCode.FLUSH_TIMEOUT
+
+
+class ReplicaTimeout(TideError):
+    """The write was applied where it was sent but not copied to enough replicas in time."""
+
+    code = ErrorCode.REPLICA_TIMEOUT
+
+
+class NotLeader(TideError):
+    """This node does not take this request; ``leader`` (when known) is the one that does.
+
+    The address travels at the end of the remark as ``(leader host:port)``, so the wire
+    needs no extra field and every client version can read it.
+    """
+
+    code = ErrorCode.NOT_LEADER
+
+    def __init__(self, remark: str, leader: str | None = None) -> None:
+        if leader is None:
+            match = _LEADER_SUFFIX.search(remark)
+            leader = match.group(1) if match else None
+        elif not remark.endswith(f"(leader {leader})"):
+            remark = f"{remark} (leader {leader})"
+        super().__init__(remark)
+        self.leader = leader
+
+
+_LEADER_SUFFIX = re.compile(r"\(leader ([^\s()]+)\)$")
 
 
 class ProtocolError(TideError):

@@ -4,7 +4,8 @@
       ├── StoreService.run          store open/recovery, flusher, segment preparer, retention
       ├── net.serve(self.handle)     the RPC server (one task per connection)
       ├── _housekeeping             expire silent consumers, persist offsets and topics
-      └── (later) name-server heartbeat, replication, timing wheel, transaction checker
+      ├── NameServerLink.run        register with the name servers, heartbeat, deregister
+      └── (later) replication, timing wheel, transaction checker
 
 ``handle`` dispatches each request to its processor by code (processors/). Shutdown is
 cancellation: the store closes with a final flush, then offsets and topics are saved.
@@ -24,6 +25,7 @@ import trio
 from tidemq.broker.consumer_groups import ConsumerGroups
 from tidemq.broker.long_polling import PullWaiters
 from tidemq.broker.metadata import save_json
+from tidemq.broker.namesrv_link import NameServerLink
 from tidemq.broker.offsets import ConsumerOffsets
 from tidemq.broker.queue_locks import QueueLocks
 from tidemq.broker.store_service import StoreService
@@ -36,6 +38,7 @@ from tidemq.net import ConnectionOptions, ServerConnectionContext, serve
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Request, Response
 from tidemq.protocol.record import compact_host, pack_host
+from tidemq.protocol.routing import BrokerRegistration, TopicQueues
 from tidemq.store import MessageStore, RecoveryReport
 
 logger = logging.getLogger("tidemq.broker.node")
@@ -81,6 +84,11 @@ class Broker:
         self._processors: dict[RequestCode, Processor] = {}
         self._metadata_lock = trio.Lock()
         self._metadata_loaded = False  # never save tables that were not loaded
+        self.namesrv: NameServerLink | None = None
+        if config.broker.namesrv_addresses:
+            self.namesrv = NameServerLink(config.broker.namesrv_addresses,
+                                          config.broker.namesrv_heartbeat_interval_ms,
+                                          self.registration)
         from tidemq.broker.processors import register_all
 
         register_all(self._processors)
@@ -106,12 +114,24 @@ class Broker:
                     self.store.port = port
                     self.store.log.store_port = port
                 nursery.start_soon(self._housekeeping)
+                if self.namesrv is not None:
+                    await nursery.start(self.namesrv.run)
                 task_status.started(BrokerStarted(host, port, recovery))
         finally:
             if self._metadata_loaded:  # a broker that failed to start must not erase them
                 with trio.CancelScope(shield=True):
                     await self.persist_topics()
                     await self.persist_offsets()
+
+    def registration(self) -> BrokerRegistration:
+        """What this broker tells the name servers (role and epoch: a single replica leads
+        epoch 0 until replica groups exist)."""
+        topics = {name: TopicQueues(topic.read_queue_count, topic.write_queue_count,
+                                    topic.permission)
+                  for name, topic in self.topics.topics.items()}
+        broker = self.config.broker
+        return BrokerRegistration(broker.cluster, broker.group, f"{self.host}:{self.port}",
+                                  "", "leader", 0, topics)
 
     def _load_metadata(self) -> None:
         os.makedirs(self.store.directory, exist_ok=True)
@@ -125,6 +145,8 @@ class Broker:
         async with self._metadata_lock:
             snapshot = self.topics.snapshot()
             await trio.to_thread.run_sync(save_json, self.topics.path, snapshot)
+        if self.namesrv is not None:
+            self.namesrv.topics_changed()
 
     async def persist_offsets(self) -> None:
         """Save committed offsets if they changed. A failure (a full disk) is logged and

@@ -1,7 +1,9 @@
 """``tidemq dev``: the embedded development node, with its data in ./data by default.
 
-Runs a broker (store, RPC server on 10911) with ``config/dev.toml`` when started from the
-repository; the name server and console join it as they land. Stops cleanly on
+Runs a name server (9876) and a broker (store, RPC server on 10911) that registers with
+it, with ``config/dev.toml`` when started from the repository, so both
+``Producer(namesrv="127.0.0.1:9876")`` and ``Producer(brokers=["127.0.0.1:10911"])`` work;
+the console joins them when it lands. Stops cleanly on
 SIGINT/SIGTERM (final flush and checkpoint).
 """
 
@@ -43,5 +45,5 @@ def load_dev_config(args: argparse.Namespace) -> TidemqConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = load_dev_config(args)
-    trio.run(partial(run_broker_until_signalled, config, role="dev"))
+    trio.run(partial(run_broker_until_signalled, config, role="dev", with_namesrv=True))
     return 0

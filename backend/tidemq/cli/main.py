@@ -16,6 +16,7 @@ from tidemq.errors import TideError
 _COMMAND_MODULES = (
     "tidemq.cli.dev_command",
     "tidemq.cli.broker_command",
+    "tidemq.cli.namesrv_command",
     "tidemq.cli.store_command",
     "tidemq.cli.client_commands",
     "tidemq.cli.bench_command",

@@ -15,6 +15,8 @@ from tidemq.net._errors import ConnectionClosed as ConnectionClosed
 from tidemq.net._errors import RequestTimeout as RequestTimeout
 from tidemq.net._options import ConnectionOptions as ConnectionOptions
 from tidemq.net._options import ConnectionStatistics as ConnectionStatistics
+from tidemq.net._peers import PeerConnections as PeerConnections
+from tidemq.net._peers import split_address as split_address
 from tidemq.net._server import DEFAULT_HELLO_TIMEOUT_MS as DEFAULT_HELLO_TIMEOUT_MS
 from tidemq.net._server import Handler as Handler
 from tidemq.net._server import ServerConnectionContext as ServerConnectionContext

@@ -12,7 +12,8 @@ each area::
     200..299   topic admin      CREATE_TOPIC .. LIST_TOPICS
     300..399   message queries  QUERY_MESSAGE_BY_ID .. GET_MAX_OFFSET
     400..499   consumer groups  COMMIT_OFFSET .. DESCRIBE_GROUP, LOCK_QUEUES, UNLOCK_QUEUES
-    500..599   name server      GET_ROUTE, REGISTER_BROKER, UNREGISTER_BROKER
+    500..599   name server      GET_ROUTE .. GET_CLUSTER_INFO, NAMESRV_STATUS, and
+                                REPLICATE_* between name servers
 
 A code, once given out, never changes meaning; a retired code is never reused.
 
@@ -77,6 +78,10 @@ class RequestCode(enum.IntEnum):
     GET_ROUTE = 500
     REGISTER_BROKER = 501
     UNREGISTER_BROKER = 502
+    GET_CLUSTER_INFO = 503
+    NAMESRV_STATUS = 504
+    REPLICATE_WRITE = 505
+    REPLICATE_SNAPSHOT = 506
 
 
 class ResponseCode(enum.IntEnum):

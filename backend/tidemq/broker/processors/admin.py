@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidemq.broker import fields
 from tidemq.broker.topics import Permission, is_system_topic
+from tidemq.protocol import fields
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Request, Response
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from tidemq.broker import fields
 from tidemq.errors import GroupNotFound, InvalidArgument
+from tidemq.protocol import fields
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Request, Response
 from tidemq.protocol.record import encode_draft

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from tidemq.broker import fields
 from tidemq.errors import InvalidArgument, NoPermission
+from tidemq.protocol import fields
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Request, Response
 from tidemq.protocol.subscription import parse_subscription

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from tidemq.broker import fields
 from tidemq.broker.processors.consume import readable_queue
 from tidemq.common.ids import decode_message_id
 from tidemq.errors import InvalidArgument, OffsetMoved
+from tidemq.protocol import fields
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Request, Response
 

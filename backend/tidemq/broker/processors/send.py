@@ -11,9 +11,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Final
 
-from tidemq.broker import fields
 from tidemq.common.ids import encode_message_ids
 from tidemq.errors import InvalidArgument, MessageIllegal
+from tidemq.protocol import fields
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Body, Request, Response
 from tidemq.protocol.record import HEADER_SIZE
