@@ -1,0 +1,143 @@
+"""What every adapter shares: the workload parameters, percentiles, and server processes
+(started on 127.0.0.1, optionally under strace, always stopped with bounded waits)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+STAMP_BYTES = 8  # a little-endian double (time.perf_counter) at the start of W3 bodies
+SYNC_TRACE = "fsync,fdatasync,msync,sync_file_range,syncfs,sync"
+
+
+@dataclass(slots=True)
+class Params:
+    """How much each workload does. Every throughput loop stops at ``messages`` or
+    ``max_seconds``, whichever comes first."""
+
+    messages: int = 200_000
+    small_messages: int = 500_000  # W5 (100-byte bodies)
+    max_seconds: float = 20.0
+    in_flight: int = 1000
+    batch: int = 100  # TideMQ send_batch size (in_flight / batch batches in flight)
+    body_bytes: int = 1024
+    small_body_bytes: int = 100
+    topics: int = 16  # W6
+    queues_per_topic: int = 8  # W6 (TideMQ queues; peers: one stream/queue per topic)
+    producers: int = 16  # W6
+    latency_rate: int = 1000  # W3 msg/s
+    latency_seconds: float = 20.0
+    warmup: int = 2000
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+QUICK = Params(messages=10_000, small_messages=20_000, max_seconds=2.0, latency_seconds=3.0,
+               warmup=500)
+TRACE = Params(messages=20_000, max_seconds=10.0, warmup=500)
+QUICK_TRACE = Params(messages=20_000, max_seconds=3.0, warmup=200)
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float | None]:
+    """p50 / p99 / p99.9 (nearest rank below) of latency samples."""
+    if not samples_ms:
+        return {"p50_ms": None, "p99_ms": None, "p999_ms": None}
+    ordered = sorted(samples_ms)
+
+    def at(fraction: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
+
+    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999)}
+
+
+def result(system: str, workload: str, messages: int, seconds: float, body_bytes: int,
+           **extra: Any) -> dict[str, Any]:
+    """One result line (the fields of tidemq.bench.peers_report.Result)."""
+    known = {"p50_ms", "p99_ms", "p999_ms", "rate_per_s", "error"}
+    line: dict[str, Any] = {"system": system, "workload": workload, "messages": messages,
+                            "seconds": seconds, "body_bytes": body_bytes}
+    line.update({key: value for key, value in extra.items() if key in known})
+    line["extra"] = {key: value for key, value in extra.items() if key not in known}
+    return line
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[Any], timeout_s: float) -> None:
+    """Until 127.0.0.1:port accepts a connection; fails if the process ends first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:.0f} s")
+
+
+def traced(command: Sequence[str], trace_file: str | None) -> list[str]:
+    """``command`` run under strace (sync calls only, timestamps, every thread) when
+    ``trace_file`` is given. ``--seccomp-bpf`` stops the server only on those calls."""
+    if trace_file is None:
+        return list(command)
+    return ["strace", "-f", "--seccomp-bpf", "-ttt", "-e", f"trace={SYNC_TRACE}",
+            "-o", trace_file, "--", *command]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as file:
+            return [int(child) for child in file.read().split()]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def server_process(command: Sequence[str], *, log_path: str, trace_file: str | None = None,
+                   env: dict[str, str] | None = None, stop_signal: int = signal.SIGTERM,
+                   stop_timeout_s: float = 30.0, stdout: int | None = None,
+                   ) -> Iterator[subprocess.Popen[Any]]:
+    """Run a server; on exit stop it (``stop_signal``, then SIGKILL after the timeout).
+
+    Under strace the signal goes to the traced server (strace's child), so strace sees it
+    end and writes its log; strace itself is killed only if it outlives the server."""
+    log = open(log_path, "ab")  # noqa: SIM115 (closed below, after the process)
+    process = subprocess.Popen(traced(command, trace_file), stdout=stdout or log, stderr=log,
+                               env=env, start_new_session=True)
+    try:
+        yield process
+    finally:
+        target = process.pid
+        if trace_file is not None:
+            children = _children(process.pid)
+            target = children[0] if children else process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, stop_signal)
+        try:
+            process.wait(timeout=stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        finally:
+            # Whatever the server left in its session (helpers, forks): gone.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            log.close()
+
+
+def mb(messages: int, body_bytes: int, seconds: float) -> float:
+    return messages * body_bytes / 1e6 / seconds if seconds else math.nan
