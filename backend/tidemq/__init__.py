@@ -20,7 +20,9 @@ from tidemq.errors import GroupNotFound as GroupNotFound
 from tidemq.errors import InvalidArgument as InvalidArgument
 from tidemq.errors import MessageIllegal as MessageIllegal
 from tidemq.errors import NoPermission as NoPermission
+from tidemq.errors import NotLeader as NotLeader
 from tidemq.errors import OffsetMoved as OffsetMoved
+from tidemq.errors import ReplicaTimeout as ReplicaTimeout
 from tidemq.errors import SystemBusy as SystemBusy
 from tidemq.errors import TideError as TideError
 from tidemq.errors import TopicNotFound as TopicNotFound

@@ -94,11 +94,15 @@ class NameServerLink:
         async def unregister(namesrv: str) -> None:
             host, port = split_address(namesrv)
             try:
-                async with await connect(host, port, client_id=f"broker-{address}",
-                                         connect_timeout_ms=REQUEST_TIMEOUT_MS) as connection:
-                    await connection.call(RequestCode.UNREGISTER_BROKER, {"address": address})
+                connection = await connect(host, port, client_id=f"broker-{address}",
+                                           connect_timeout_ms=REQUEST_TIMEOUT_MS)
             except (TideError, OSError):
-                pass  # the name server will evict it when the connection is gone
+                return  # the name server will evict it when its timeout passes
+            async with connection:
+                try:
+                    await connection.call(RequestCode.UNREGISTER_BROKER, {"address": address})
+                except TideError:
+                    pass  # NOT_LEADER (the writer has it) or gone: eviction covers it
 
         with trio.move_on_after(UNREGISTER_WAIT_S):
             async with trio.open_nursery() as nursery:

@@ -1,4 +1,4 @@
-"""``tidemq admin topic|group ...``: administration through the SDK's ``Admin``."""
+"""``tidemq admin topic|group|cluster ...``: administration through the SDK's ``Admin``."""
 
 from __future__ import annotations
 
@@ -49,12 +49,18 @@ def register_admin(subparsers: Any,
         add_brokers(parser)
         parser.set_defaults(handler=partial(run, partial(_with_admin, action)))
 
+    cluster = areas.add_parser(
+        "cluster", help="name servers (mode, role, health), broker groups, replicas, topics")
+    cluster.add_argument("--json", action="store_true", help="one JSON object, not a table")
+    add_brokers(cluster)
+    cluster.set_defaults(handler=partial(run, partial(_with_admin, _cluster)))
+
 
 async def _with_admin(action: Callable[[Admin, argparse.Namespace], Awaitable[None]],
                       args: argparse.Namespace) -> int:
-    from tidemq.cli.client_commands import brokers_of
+    from tidemq.cli.client_commands import endpoints_of
 
-    async with Admin(brokers=brokers_of(args)) as admin:
+    async with Admin(**endpoints_of(args)) as admin:
         await action(admin, args)
     return 0
 
@@ -102,3 +108,24 @@ async def _group_reset(admin: Admin, args: argparse.Namespace) -> None:
                        for queue, offset in sorted(offsets.items(),
                                                    key=lambda item: (item[0].broker,
                                                                      item[0].queue_id))]})
+
+
+async def _cluster(admin: Admin, args: argparse.Namespace) -> None:
+    info = await admin.cluster()
+    if args.json:
+        _emit(info)
+        return
+    print("NAME SERVERS")
+    for ns in info.namesrvs:
+        health = "up" if ns.reachable else f"DOWN ({ns.error})"
+        print(f"  {ns.address:<22} {health:<6} mode={ns.mode or '?'} role={ns.role or '?'} "
+              f"writer={ns.writer or '-'} term={ns.term} brokers={ns.broker_count}")
+    print("BROKER GROUPS")
+    for group in info.groups:
+        print(f"  {group.cluster}/{group.group}")
+        for replica in group.replicas:
+            print(f"    {replica.address:<22} {replica.role:<8} epoch={replica.epoch} "
+                  f"topics={replica.topic_count} heartbeat={replica.heartbeat_age_ms}ms ago")
+    print("TOPICS")
+    for topic, groups in sorted(info.topics.items()):
+        print(f"  {topic:<32} {', '.join(groups)}")

@@ -1,7 +1,8 @@
 """``tidemq produce``, ``tidemq consume`` and ``tidemq admin``: the SDK from a shell.
 
 Output is JSON lines (one object per message or result) so it pipes into ``jq``. Brokers
-come from ``--brokers host:port,...`` or ``TIDEMQ_BROKERS`` (default 127.0.0.1:10911).
+are found through ``--namesrv host:port,...`` (or ``TIDEMQ_NAMESRV``) when given, else
+named by ``--brokers host:port,...`` (or ``TIDEMQ_BROKERS``, default 127.0.0.1:10911).
 """
 
 from __future__ import annotations
@@ -52,12 +53,25 @@ def register(subparsers: Any) -> None:
 
 
 def _add_brokers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--brokers", default=os.environ.get("TIDEMQ_BROKERS", DEFAULT_BROKERS),
-                        help="comma-separated host:port list (env TIDEMQ_BROKERS)")
+    parser.add_argument("--brokers", default=os.environ.get("TIDEMQ_BROKERS"),
+                        help="comma-separated broker host:port list (env TIDEMQ_BROKERS; "
+                             f"default {DEFAULT_BROKERS} when no name server is given)")
+    parser.add_argument("--namesrv", default=os.environ.get("TIDEMQ_NAMESRV"),
+                        help="comma-separated name server host:port list (env "
+                             "TIDEMQ_NAMESRV): find the brokers through them")
 
 
-def brokers_of(args: argparse.Namespace) -> list[str]:
-    return [one.strip() for one in str(args.brokers).split(",") if one.strip()]
+def endpoints_of(args: argparse.Namespace) -> dict[str, Any]:
+    """``brokers=`` and ``namesrv=`` for a client, from --brokers / --namesrv."""
+    namesrv = _split(args.namesrv)
+    brokers = _split(args.brokers)
+    if not namesrv and not brokers:
+        brokers = [DEFAULT_BROKERS]
+    return {"brokers": brokers or None, "namesrv": namesrv or None}
+
+
+def _split(value: str | None) -> list[str]:
+    return [one.strip() for one in str(value or "").split(",") if one.strip()]
 
 
 def _run(command: Callable[[argparse.Namespace], Awaitable[int]],
@@ -77,7 +91,7 @@ async def _produce(args: argparse.Namespace) -> int:
             raise InvalidArgument(f"--property {pair}: use K=V")
         properties[key] = value
     stdin = trio.wrap_file(sys.stdin)
-    async with Producer(brokers=brokers_of(args)) as producer:
+    async with Producer(**endpoints_of(args)) as producer:
         async for line in stdin:
             body = line.rstrip("\n").encode()
             result = await producer.send(args.topic, body, key=args.key, tag=args.tag,
@@ -106,7 +120,7 @@ async def _consume(args: argparse.Namespace) -> int:
     if isinstance(start_from, str) and start_from.isdigit():
         start_from = int(start_from)
     count = 0
-    async with Consumer(args.group, {args.topic: args.expression}, brokers=brokers_of(args),
+    async with Consumer(args.group, {args.topic: args.expression}, **endpoints_of(args),
                         start_from=start_from) as consumer:  # type: ignore[arg-type]
         while args.max <= 0 or count < args.max:
             wait = args.idle_timeout if args.idle_timeout > 0 else 15.0

@@ -21,10 +21,14 @@ This module only re-exports.
 """
 
 from tidemq.client._admin import Admin as Admin
+from tidemq.client._admin_types import BrokerGroupInfo as BrokerGroupInfo
+from tidemq.client._admin_types import ClusterInfo as ClusterInfo
 from tidemq.client._admin_types import GroupInfo as GroupInfo
 from tidemq.client._admin_types import GroupOffset as GroupOffset
 from tidemq.client._admin_types import MemberInfo as MemberInfo
+from tidemq.client._admin_types import NameServerInfo as NameServerInfo
 from tidemq.client._admin_types import QueueInfo as QueueInfo
+from tidemq.client._admin_types import ReplicaInfo as ReplicaInfo
 from tidemq.client._admin_types import TopicInfo as TopicInfo
 from tidemq.client._allocation import allocate_average as allocate_average
 from tidemq.client._consumer import Consumer as Consumer

@@ -9,7 +9,11 @@ merges the answers into the frozen values of ``_admin_types``:
 * group calls merge every broker's view (members, committed offsets, lag);
 * queue calls (``min_offset``, ``get_message_at``, ...) name one queue, on ``broker`` (by
   default the first configured broker);
-* ``get_message`` decodes the broker's address from the offset-based id and asks it.
+* ``get_message`` decodes the broker's address from the offset-based id and asks it;
+* ``cluster`` asks every name server for its status and the registry.
+
+With ``namesrv=``, "every broker" is every broker group the name servers know (its
+leader), looked up when the admin opens and before each call that goes to every broker.
 
 A broker that cannot be reached makes the call raise (ConnectionClosed / RequestTimeout):
 an operator should know, rather than get half an answer.
@@ -22,22 +26,28 @@ from types import TracebackType
 from typing import Literal, Self, final
 
 from tidemq.client._admin_types import (
+    BrokerGroupInfo,
+    ClusterInfo,
     GroupInfo,
     GroupOffset,
     MemberInfo,
+    NameServerInfo,
     QueueInfo,
+    ReplicaInfo,
     TopicInfo,
 )
 from tidemq.client._ids import default_client_id
 from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._message import Message, message_from_record
-from tidemq.client._pool import BrokerPool, check_addresses
+from tidemq.client._namesrv import NameServerRoutes, parse_namesrv
+from tidemq.client._pool import BrokerPool, check_brokers
 from tidemq.client._routes import MessageQueue
 from tidemq.common.ids import decode_message_id
 from tidemq.errors import GroupNotFound, InvalidArgument, TideError, TopicNotFound
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Fields, FieldValue, Response
 from tidemq.protocol.record import iter_records
+from tidemq.protocol.routing import ClusterView
 
 END_MS_MAX = 2**63 - 1
 
@@ -46,31 +56,80 @@ END_MS_MAX = 2**63 - 1
 class Admin:
     """Topic, group and message administration. Use it with ``async with``."""
 
-    def __init__(self, *, brokers: Sequence[str] | None = None, namesrv: str | None = None,
+    def __init__(self, *, brokers: Sequence[str] | None = None,
+                 namesrv: str | Sequence[str] | None = None,
                  client_id: str | None = None, request_timeout_ms: int = 10_000,
                  connect_timeout_ms: int = 3_000) -> None:
-        self._pool = BrokerPool(check_addresses(brokers, namesrv),
-                                client_id=client_id or default_client_id("admin"),
-                                connect_timeout_ms=connect_timeout_ms,
+        namesrv_addresses = parse_namesrv(namesrv)
+        client_id = client_id or default_client_id("admin")
+        self._pool = BrokerPool(check_brokers(brokers, namesrv_given=bool(namesrv_addresses)),
+                                client_id=client_id, connect_timeout_ms=connect_timeout_ms,
                                 request_timeout_ms=request_timeout_ms, down_for_ms=1)
+        self._namesrv = NameServerRoutes(
+            namesrv_addresses, self._pool, client_id=client_id,
+            connect_timeout_ms=connect_timeout_ms,
+            request_timeout_ms=request_timeout_ms) if namesrv_addresses else None
         self._owned = OwnedTaskGroup()
 
     async def __aenter__(self) -> Self:
         await self._owned.enter()
         self._pool.bind(self._owned)
+        if self._namesrv is not None:
+            self._namesrv.bind(self._owned)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc_value: BaseException | None,
                         traceback: TracebackType | None) -> None:
         self._pool.close()
+        if self._namesrv is not None:
+            self._namesrv.close()
         await self._owned.close()
+
+    async def _brokers(self) -> tuple[str, ...]:
+        """Every broker to ask (from the name servers when there are any)."""
+        if self._namesrv is not None:
+            await self._namesrv.refresh_brokers()
+        if not self._pool.addresses:
+            raise InvalidArgument("the name servers know no broker")
+        return self._pool.addresses
+
+    # -- cluster ---------------------------------------------------------------------------
+    async def cluster(self) -> ClusterInfo:
+        """Every name server's status (unreachable ones included) and the broker groups,
+        replicas and topics they hold. Needs ``namesrv=``."""
+        if self._namesrv is None:
+            raise InvalidArgument("cluster() needs name servers: pass namesrv='host:port'")
+        namesrvs: list[NameServerInfo] = []
+        view: ClusterView | None = None
+        for address in self._namesrv.addresses:
+            try:
+                response = await self._namesrv.call_one(address, RequestCode.GET_CLUSTER_INFO,
+                                                        {})
+            except TideError as error:
+                namesrvs.append(NameServerInfo(address, False, error=error.remark))
+                continue
+            status = _map(response.fields.get("namesrv"))
+            writer = status.get("writer")
+            namesrvs.append(NameServerInfo(
+                address, True, str(status.get("mode", "")), str(status.get("role", "")),
+                status.get("ready") is True, writer if isinstance(writer, str) else None,
+                max(0, _int(status, "term")), max(0, _int(status, "brokers"))))
+            if view is None and status.get("ready") is True and \
+                    status.get("role") not in ("head", "middle"):
+                view = ClusterView.from_fields(response.fields)
+        if view is None:
+            view = ClusterView({}, {})
+        groups = tuple(BrokerGroupInfo(cluster, group, tuple(
+            ReplicaInfo(r.address, r.role, r.epoch, r.topic_count, r.heartbeat_age_ms)
+            for r in replicas)) for (cluster, group), replicas in view.groups.items())
+        return ClusterInfo(tuple(namesrvs), groups, dict(view.topics))
 
     # -- topics --------------------------------------------------------------------------
     async def create_topic(self, name: str, queue_count: int = 4, permission: int = 6
                            ) -> TopicInfo:
         """Create the topic on every broker (an existing one is left as it is)."""
-        for address in self._pool.addresses:
+        for address in await self._brokers():
             await self._pool.call(address, RequestCode.CREATE_TOPIC, {
                 "topic": name, "queue_count": queue_count, "permission": permission})
         return await self.describe_topic(name)
@@ -106,7 +165,7 @@ class Admin:
     async def list_topics(self, include_system: bool = False) -> list[TopicInfo]:
         """Every topic on any broker, by name (queue details left out)."""
         found: dict[str, tuple[Fields, list[str]]] = {}
-        for address in self._pool.addresses:
+        for address in await self._brokers():
             response = await self._pool.call(address, RequestCode.LIST_TOPICS,
                                              {"include_system": include_system})
             for topic in _maps(response.fields.get("topics")):
@@ -118,7 +177,7 @@ class Admin:
     # -- groups --------------------------------------------------------------------------
     async def list_groups(self) -> list[str]:
         names: set[str] = set()
-        for address in self._pool.addresses:
+        for address in await self._brokers():
             response = await self._pool.call(address, RequestCode.LIST_GROUPS, {})
             listed = response.fields.get("groups")
             if isinstance(listed, list):
@@ -199,7 +258,7 @@ class Admin:
     async def get_message_at(self, topic: str, queue_id: int, offset: int, *,
                              broker: str | None = None) -> Message:
         """The message at ``offset`` of a queue. Raises OffsetMoved when there is none."""
-        address = self._broker(broker)
+        address = await self._broker(broker)
         response = await self._pool.call(address, RequestCode.QUERY_BY_QUEUE_OFFSET, {
             "topic": topic, "queue_id": queue_id, "offset": offset})
         return _one(response, address)
@@ -221,13 +280,14 @@ class Admin:
 
     # -- helpers -------------------------------------------------------------------------
     async def _offset(self, code: RequestCode, broker: str | None, fields: Fields) -> int:
-        response = await self._pool.call(self._broker(broker), code, fields)
+        response = await self._pool.call(await self._broker(broker), code, fields)
         return _int(response.fields, "offset")
 
-    def _broker(self, broker: str | None) -> str:
+    async def _broker(self, broker: str | None) -> str:
+        addresses = self._pool.addresses or await self._brokers()
         if broker is None:
-            return self._pool.addresses[0]
-        if broker not in self._pool.addresses:
+            return addresses[0]
+        if broker not in addresses and broker not in await self._brokers():
             raise InvalidArgument(f"broker {broker!r} is not one of {self._pool.addresses}")
         return broker
 
@@ -237,7 +297,7 @@ class Admin:
         ``missing`` error when none has it, and any other error at once."""
         answers: list[tuple[str, Response]] = []
         last_missing: TideError | None = None
-        for address in self._pool.addresses:
+        for address in await self._brokers():
             try:
                 answers.append((address, await self._pool.call(address, code, fields)))
             except missing as error:

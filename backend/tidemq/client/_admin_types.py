@@ -75,3 +75,44 @@ class GroupInfo:
     @property
     def client_ids(self) -> tuple[str, ...]:
         return tuple(sorted({member.client_id for member in self.members}))
+
+
+@dataclass(frozen=True, slots=True)
+class NameServerInfo:
+    """One name server as ``Admin.cluster`` found it."""
+
+    address: str
+    reachable: bool
+    mode: str = ""
+    role: str = ""
+    """standalone, peer, primary, replica, head, middle, tail, or joining."""
+    ready: bool = False
+    writer: str | None = None
+    term: int = 0
+    broker_count: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaInfo:
+    address: str
+    role: str
+    epoch: int
+    topic_count: int
+    heartbeat_age_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerGroupInfo:
+    cluster: str
+    group: str
+    replicas: tuple[ReplicaInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    namesrvs: tuple[NameServerInfo, ...]
+    groups: tuple[BrokerGroupInfo, ...]
+    """As the first name server that serves reads sees them."""
+    topics: Mapping[str, tuple[str, ...]]
+    """Topic -> the ``cluster/group`` names serving it."""

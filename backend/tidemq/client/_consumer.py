@@ -47,7 +47,8 @@ from tidemq.client._core import ConsumerCore, ConsumerStatistics
 from tidemq.client._ids import default_client_id
 from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._message import Message
-from tidemq.client._pool import BrokerPool, check_addresses
+from tidemq.client._namesrv import parse_namesrv, route_source
+from tidemq.client._pool import BrokerPool, check_brokers
 from tidemq.client._rebalance import Rebalancer
 from tidemq.client._settings import ConsumerSettings, Mode, StartFrom, parse_topics
 from tidemq.errors import InvalidArgument
@@ -74,6 +75,10 @@ class Consumer:
         orderly: one message per queue at a time, queues locked to one member.
         prefetch_per_queue: messages of a queue in flight (pulled, not done) before its
             pulling pauses.
+        brokers / namesrv: where the brokers are: a list of broker addresses, or name
+            servers (``"host:9876"``, ``"a:9876;b:9876"`` or a list) that know them.
+        route_refresh_ms: with name servers, how often routes are asked again (also at
+            once when a broker stops answering).
     """
 
     def __init__(
@@ -82,7 +87,7 @@ class Consumer:
         topics: Mapping[str, str] | Sequence[str] | str,
         *,
         brokers: Sequence[str] | None = None,
-        namesrv: str | None = None,
+        namesrv: str | Sequence[str] | None = None,
         mode: Mode = "clustering",
         start_from: StartFrom = "latest",
         orderly: bool = False,
@@ -97,6 +102,7 @@ class Consumer:
         connect_timeout_ms: int = 3_000,
         request_timeout_ms: int = 10_000,
         broker_down_ms: int = 5_000,
+        route_refresh_ms: int = 30_000,
     ) -> None:
         if orderly and mode != "clustering":
             raise InvalidArgument("orderly consumption needs mode='clustering'")
@@ -110,12 +116,19 @@ class Consumer:
             request_timeout_ms=request_timeout_ms,
             span_per_queue_max=max(2_000, 4 * prefetch_per_queue))
         self.settings = settings
-        self._pool = BrokerPool(check_addresses(brokers, namesrv), client_id=settings.client_id,
+        namesrv_addresses = parse_namesrv(namesrv)
+        self._pool = BrokerPool(check_brokers(brokers, namesrv_given=bool(namesrv_addresses)),
+                                client_id=settings.client_id,
                                 connect_timeout_ms=connect_timeout_ms,
                                 request_timeout_ms=request_timeout_ms,
                                 down_for_ms=broker_down_ms)
+        self._source = route_source(self._pool, namesrv_addresses,
+                                    client_id=settings.client_id,
+                                    connect_timeout_ms=connect_timeout_ms,
+                                    request_timeout_ms=request_timeout_ms)
         self._core = ConsumerCore(self._pool, settings)
-        self._rebalancer = Rebalancer(self._core)
+        self._rebalancer = Rebalancer(self._core, self._source,
+                                      route_refresh_ms=route_refresh_ms)
         self._owned = OwnedTaskGroup()
         self._closing = False
 
@@ -135,6 +148,7 @@ class Consumer:
         task_group = await self._owned.enter()
         try:
             self._pool.bind(self._owned)
+            self._source.bind(self._owned)
             self._core.bind(self._owned)
             await self._rebalancer.first_round()
             await task_group.start(self._rebalancer.run, name="tidemq.client.rebalance")
@@ -143,6 +157,7 @@ class Consumer:
             self._closing = True
             self._core.inbox.close()
             self._pool.close()
+            self._source.close()
             await self._owned.close()
             raise
         return self
@@ -161,6 +176,7 @@ class Consumer:
             await self._rebalancer.unregister()
         self._core.inbox.close()
         self._pool.close()
+        self._source.close()
         await self._owned.close()
 
     def __aiter__(self) -> Self:

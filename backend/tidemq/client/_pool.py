@@ -28,7 +28,7 @@ family. An error response raises its typed ``TideError`` (``TopicNotFound``, ...
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast, final
 
@@ -55,19 +55,16 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), port
 
 
-def check_addresses(brokers: Sequence[str] | None, namesrv: str | None) -> tuple[str, ...]:
-    """Validate the ``brokers=`` / ``namesrv=`` arguments every client takes.
-
-    Until name-server discovery exists, a client needs ``brokers``; ``namesrv`` given with
-    ``brokers`` is accepted and not yet used.
-    """
+def check_brokers(brokers: Sequence[str] | str | None, *, namesrv_given: bool
+                  ) -> tuple[str, ...]:
+    """Validate the ``brokers=`` argument every client takes: required unless name
+    servers are given (then the brokers come from them; any listed here are used too)."""
     if isinstance(brokers, str):
         brokers = [brokers]
     if not brokers:
-        if namesrv is not None:
-            raise InvalidArgument("namesrv= discovery is not available yet: pass brokers=[...]"
-                                  " (the addresses of the brokers) as well")
-        raise InvalidArgument("pass brokers=['host:port', ...]")
+        if namesrv_given:
+            return ()
+        raise InvalidArgument("pass brokers=['host:port', ...] or namesrv='host:port'")
     unique = tuple(dict.fromkeys(brokers))
     for address in unique:
         parse_address(address)
@@ -106,6 +103,19 @@ class BrokerPool:
     def bind(self, owner: OwnedTaskGroup) -> None:
         """Give the pool the task group its keeper tasks run in (the client's)."""
         self._owner = owner
+
+    def set_addresses(self, addresses: Sequence[str]) -> None:
+        """Replace the known addresses (name-server discovery). Connections to addresses
+        dropped here are retired."""
+        new = tuple(dict.fromkeys(addresses))
+        for address in set(self.addresses) - set(new):
+            entry = self._entries.pop(address, None)
+            if entry is not None:
+                entry.retire.set()
+        self.addresses = new
+
+    def add_addresses(self, addresses: Iterable[str]) -> None:
+        self.addresses = tuple(dict.fromkeys([*self.addresses, *sorted(addresses)]))
 
     def is_down(self, address: str) -> bool:
         until = self._down_until_s.get(address)

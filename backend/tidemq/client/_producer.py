@@ -4,7 +4,8 @@ Theory of operation. A send builds one draft per message (``protocol.record.enco
 tag, keys, a fresh unique id UNIQ_KEY, ``born_timestamp_ms``), chooses a queue and sends
 the drafts in one SEND_MESSAGE / SEND_BATCH request::
 
-    send(topic, body) --> route (DESCRIBE_TOPIC per broker, cached) --> queue choice
+    send(topic, body) --> route (cached; from the name servers, or DESCRIBE_TOPIC per
+                          broker) --> queue choice
         --> SEND_MESSAGE to that queue's broker --> SendResult(msg_id, queue_id, offset)
               |  retryable failure: another queue, preferably on another broker
               +-- up to `retries` more attempts, then the last error is raised
@@ -19,7 +20,9 @@ the drafts in one SEND_MESSAGE / SEND_BATCH request::
 * Retryable: ``SystemBusy``, a lost or refused connection, a request timeout, and other
   1xx codes, except FLUSH_TIMEOUT and REPLICA_TIMEOUT, which mean the message *is* stored
   (retrying would store it twice). A retry after a lost connection or a timeout may store
-  a duplicate: delivery is at least once. ``TopicNotFound``, ``NoPermission`` and
+  a duplicate: delivery is at least once. A lost connection or a timeout also drops the
+  topic's cached route, so the next send asks again (the name server evicts a broker
+  whose connection closed at once). ``TopicNotFound``, ``NoPermission`` and
   ``InvalidArgument`` (a queue that no longer exists) refresh the route and retry once.
   ``SystemBusy`` pauses a little before the next attempt.
 * Limits: at most ``max_in_flight`` sends at once (others wait for a slot); bodies over
@@ -56,7 +59,8 @@ from tidemq.client._drafts import DraftSpec, build_drafts
 from tidemq.client._ids import default_client_id
 from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._message import SendResult
-from tidemq.client._pool import BrokerPool, check_addresses
+from tidemq.client._namesrv import parse_namesrv, route_source
+from tidemq.client._pool import BrokerPool, check_brokers
 from tidemq.client._routes import MessageQueue, RouteCache, TopicRoute
 from tidemq.common.clock import Clock, SystemClock
 from tidemq.common.crc import crc32c
@@ -69,6 +73,7 @@ from tidemq.errors import (
     TideError,
     TopicNotFound,
 )
+from tidemq.net import ConnectionClosed, RequestTimeout
 from tidemq.protocol.codes import RequestCode
 
 logger = logging.getLogger("tidemq.client.producer")
@@ -97,7 +102,7 @@ class Producer:
         self,
         *,
         brokers: Sequence[str] | None = None,
-        namesrv: str | None = None,
+        namesrv: str | Sequence[str] | None = None,
         group: str | None = None,
         client_id: str | None = None,
         retries: int = 2,
@@ -122,10 +127,15 @@ class Producer:
         self._send_timeout_ms = send_timeout_ms
         self._max_message_size_bytes = max_message_size_bytes
         self._clock: Clock = clock or SystemClock()
-        self._pool = BrokerPool(check_addresses(brokers, namesrv), client_id=self.client_id,
+        namesrv_addresses = parse_namesrv(namesrv)
+        self._pool = BrokerPool(check_brokers(brokers, namesrv_given=bool(namesrv_addresses)),
+                                client_id=self.client_id,
                                 connect_timeout_ms=connect_timeout_ms,
                                 request_timeout_ms=send_timeout_ms, down_for_ms=broker_down_ms)
-        self._routes = RouteCache(self._pool, ttl_ms=route_ttl_ms)
+        self._source = route_source(self._pool, namesrv_addresses, client_id=self.client_id,
+                                    connect_timeout_ms=connect_timeout_ms,
+                                    request_timeout_ms=send_timeout_ms)
+        self._routes = RouteCache(self._source.route, ttl_ms=route_ttl_ms)
         self._round_robin: dict[str, int] = {}
         self._in_flight: anyio.Semaphore | None = None
         self._oneway_brokers: set[str] = set()
@@ -140,6 +150,7 @@ class Producer:
     async def __aenter__(self) -> Self:
         await self._owned.enter()
         self._pool.bind(self._owned)
+        self._source.bind(self._owned)
         self._in_flight = anyio.Semaphore(self._max_in_flight)
         return self
 
@@ -150,6 +161,7 @@ class Producer:
         with anyio.move_on_after(ONEWAY_BARRIER_TIMEOUT_MS / 1000, shield=True):
             await self._oneway_barrier()
         self._pool.close()
+        self._source.close()
         await self._owned.close()
 
     async def _oneway_barrier(self) -> None:
@@ -272,6 +284,8 @@ class Producer:
                     logger.info("send_retry", extra={"topic": topic, "broker": target.broker,
                                                      "error": error.remark})
                     failed.add(target.broker)
+                    if isinstance(error, ConnectionClosed | RequestTimeout):
+                        self._routes.invalidate(topic)  # the next send asks again
                     if isinstance(error, SystemBusy):
                         await anyio.sleep(BUSY_PAUSE_MS * attempt / 1000)
                     continue
@@ -306,6 +320,9 @@ class Producer:
         if not queues:
             brokers = [b for b in self._pool.live_addresses() if b not in failed] or \
                 list(self._pool.addresses)
+            if not brokers:
+                raise TopicNotFound(f"no broker serves topic {route.topic!r} and none is "
+                                    "known to create it")
             return MessageQueue(route.topic, brokers[self._next(route.topic) % len(brokers)],
                                 _NO_QUEUE)
         if sharding_key is not None:

@@ -3,8 +3,11 @@
 Every ``heartbeat_interval_ms`` (or sooner, when kicked)::
 
     HEARTBEAT to every broker  --> the group's membership version on each
-    DESCRIBE_TOPIC per topic   --> routes (the subscribed topics and, clustering, the
-                                   group's retry topic, which appears on the first nack)
+    routes per topic           --> the subscribed topics and, clustering, the group's
+                                   retry topic, which appears on the first nack; from the
+                                   brokers (DESCRIBE_TOPIC, every round) or the name servers
+                                   (GET_ROUTE, every route_refresh_ms and at once after a
+                                   broker failed to answer a heartbeat)
     if a version or a route changed:
         clustering: DESCRIBE_GROUP on every broker --> members (union of client ids)
                     target = allocate_average(members, every read queue, this client)
@@ -38,7 +41,8 @@ import anyio.abc
 
 from tidemq.client._allocation import allocate_average
 from tidemq.client._core import ConsumerCore
-from tidemq.client._routes import MessageQueue, TopicRoute, describe_route
+from tidemq.client._namesrv import NameServerRoutes, RouteSource
+from tidemq.client._routes import MessageQueue, TopicRoute
 from tidemq.errors import TideError
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import FieldValue
@@ -52,8 +56,13 @@ UNREGISTER_TIMEOUT_MS: Final = 2_000
 class Rebalancer:
     """See the module docstring."""
 
-    def __init__(self, core: ConsumerCore) -> None:
+    def __init__(self, core: ConsumerCore, source: RouteSource, *,
+                 route_refresh_ms: int) -> None:
         self._core = core
+        self._source = source
+        self._route_refresh_s = route_refresh_ms / 1000 if \
+            isinstance(source, NameServerRoutes) else 0.0
+        self._routes_due_s = 0.0
         self._settings = core.settings
         self._pool = core.pool
         self._versions: dict[str, int | None] = {}
@@ -73,6 +82,7 @@ class Rebalancer:
 
     async def first_round(self) -> None:
         """Join the group and take queues. Raises the last error when no broker answers."""
+        await self._source.refresh_brokers()
         error = await self._heartbeat()
         if error is not None:
             raise error
@@ -119,7 +129,12 @@ class Rebalancer:
             logger.warning("heartbeat_failed", extra={"error": heartbeat_error.remark})
         if self._dirty and self._settings.clustering:
             await self._core.resync_offsets()
-        routes_changed = await self._refresh_routes()
+        routes_changed = False
+        broker_failed = any(version is None for version in self._versions.values())
+        if anyio.current_time() >= self._routes_due_s or broker_failed:
+            if self._route_refresh_s:
+                await self._source.refresh_brokers()
+            routes_changed = await self._refresh_routes()
         await self._rebalance(recompute=routes_changed)
 
     async def _rebalance(self, *, recompute: bool = True) -> None:
@@ -158,11 +173,12 @@ class Rebalancer:
         return None
 
     async def _refresh_routes(self) -> bool:
-        """DESCRIBE_TOPIC every pulled topic; True when a route changed."""
+        """The route of every pulled topic; True when a route changed."""
         changed = False
+        self._routes_due_s = anyio.current_time() + self._route_refresh_s
         for topic in self._settings.topics:
             try:
-                route = await describe_route(self._pool, topic)
+                route = await self._source.route(topic)
             except TideError as error:
                 logger.info("route_refresh_failed", extra={"topic": topic,
                                                            "error": error.remark})
@@ -235,6 +251,7 @@ class Rebalancer:
     def _after_send_back(self) -> None:
         route = self._routes.get(self._settings.retry_topic)
         if route is None or not route.read_queues:
+            self._routes_due_s = 0.0
             self.kick()
 
 

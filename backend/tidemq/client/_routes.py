@@ -6,7 +6,8 @@ TOPIC_NOT_EXIST and contributes nothing; one that cannot be reached is skipped, 
 answers at all). Write queues come from brokers whose topic permission allows writing,
 read queues from those allowing reading.
 
-``RouteCache`` is the producer's view: a route per topic, fetched on first use, refreshed
+``RouteCache`` is the producer's view: a route per topic, fetched on first use (from the
+brokers as above, or from the name servers: ``_namesrv``), refreshed
 after ``ttl_ms`` or when a send finds it stale (``invalidate``). Concurrent first uses of a
 topic share one fetch (a lock per topic), so a burst of sends does not become a burst of
 DESCRIBE_TOPIC requests. The consumer refreshes its routes itself, on its heartbeat.
@@ -14,6 +15,7 @@ DESCRIBE_TOPIC requests. The consumer refreshes its routes itself, on its heartb
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -99,8 +101,8 @@ class _CachedRoute:
 class RouteCache:
     """Routes by topic with a time to live. See the module docstring."""
 
-    def __init__(self, pool: BrokerPool, *, ttl_ms: int) -> None:
-        self._pool = pool
+    def __init__(self, fetch: Callable[[str], Awaitable[TopicRoute]], *, ttl_ms: int) -> None:
+        self._fetch = fetch
         self._ttl_s = ttl_ms / 1000
         self._routes: dict[str, _CachedRoute] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -115,7 +117,7 @@ class RouteCache:
             cached = self._fresh(topic)
             if cached is not None:
                 return cached
-            route = await describe_route(self._pool, topic)
+            route = await self._fetch(topic)
             self._routes[topic] = _CachedRoute(route, anyio.current_time())
             return route
 

@@ -173,12 +173,16 @@ class ClusterView:
     """Topic -> the ``cluster/group`` names serving it."""
 
     def broker_addresses(self) -> list[str]:
-        """Every registered broker address (leaders first, each group in order)."""
-        leaders = [r.address for replicas in self.groups.values() for r in replicas
-                   if r.role == "leader"]
-        others = [r.address for replicas in self.groups.values() for r in replicas
-                  if r.role != "leader"]
-        return list(dict.fromkeys(leaders + others))
+        """The address to talk to in each group: its leader, or (no leader now) its first
+        replica, in group order."""
+        addresses = []
+        for replicas in self.groups.values():
+            leaders = [r for r in replicas if r.role == "leader"]
+            chosen = max(leaders, key=lambda r: r.epoch) if leaders else \
+                (replicas[0] if replicas else None)
+            if chosen is not None:
+                addresses.append(chosen.address)
+        return list(dict.fromkeys(addresses))
 
     def to_fields(self) -> dict[str, FieldValue]:
         return {

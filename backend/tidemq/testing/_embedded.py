@@ -11,6 +11,9 @@ code that is not on Trio (an asyncio application's tests)::
     with embedded_broker_thread(tmp_path) as broker:
         asyncio.run(main(broker.address))
 
+With ``with_namesrv=True`` a name server runs beside the broker (the broker registers with
+it) and ``broker.namesrv_address`` is what ``namesrv=`` takes.
+
 Both bind port 0 (the OS picks a free port, so tests never collide), turn topic
 auto-creation on (unless told otherwise), and use a store sized for tests (8 MiB segments,
 small indexes) under ``data_dir``, or under a temporary directory removed afterwards.
@@ -34,7 +37,8 @@ import trio
 
 from tidemq.broker.node import Broker
 from tidemq.common.units import MIB
-from tidemq.config import BrokerConfig, StoreConfig, TidemqConfig
+from tidemq.config import BrokerConfig, NameServerConfig, StoreConfig, TidemqConfig
+from tidemq.nameserver import NameServer
 
 START_TIMEOUT_S: Final = 30.0
 
@@ -58,6 +62,8 @@ class EmbeddedBroker:
     data_dir: str
     broker: Broker
     """The node itself (for tests that look inside; its API is not the client's)."""
+    namesrv_address: str | None = None
+    """The embedded name server's ``"127.0.0.1:port"`` (``with_namesrv=True``), else None."""
 
     @property
     def address(self) -> str:
@@ -80,6 +86,7 @@ async def open_embedded_broker(
     *,
     auto_create_topics: bool = True,
     config: TidemqConfig | None = None,
+    with_namesrv: bool = False,
 ) -> AsyncIterator[EmbeddedBroker]:
     """Run a broker in this Trio task for the duration of the block (see the module
     docstring). ``config`` replaces the whole configuration (its port should be 0)."""
@@ -89,14 +96,24 @@ async def open_embedded_broker(
     if config is None:
         assert data_dir is not None
         config = embedded_config(data_dir, auto_create_topics=auto_create_topics)
-    broker = Broker(config)
     try:
-        async with trio.open_nursery() as nursery:
-            started = await nursery.start(broker.run)
-            try:
-                yield EmbeddedBroker(started.host, started.port, config.store.data_dir, broker)
-            finally:
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as outer:
+            namesrv_address = None
+            if with_namesrv:
+                namesrv_config = dataclasses.replace(config, namesrv=NameServerConfig(port=0))
+                namesrv = await outer.start(NameServer(namesrv_config).run)
+                namesrv_address = namesrv.address
+                config = dataclasses.replace(config, broker=dataclasses.replace(
+                    config.broker, namesrv_addresses=(namesrv_address,)))
+            broker = Broker(config)
+            async with trio.open_nursery() as nursery:  # the broker stops first
+                started = await nursery.start(broker.run)
+                try:
+                    yield EmbeddedBroker(started.host, started.port, config.store.data_dir,
+                                         broker, namesrv_address)
+                finally:
+                    nursery.cancel_scope.cancel()
+            outer.cancel_scope.cancel()
     finally:
         if temporary is not None:
             with trio.CancelScope(shield=True):
@@ -110,6 +127,7 @@ def embedded_broker_thread(
     *,
     auto_create_topics: bool = True,
     config: TidemqConfig | None = None,
+    with_namesrv: bool = False,
 ) -> Iterator[EmbeddedBroker]:
     """Run a broker in a background thread (its own ``trio.run``) during the block.
 
@@ -123,7 +141,8 @@ def embedded_broker_thread(
     async def serve() -> None:
         with trio.CancelScope() as scope:
             async with open_embedded_broker(data_dir, auto_create_topics=auto_create_topics,
-                                            config=config) as broker:
+                                            config=config, with_namesrv=with_namesrv
+                                            ) as broker:
                 started.put((broker, trio.lowlevel.current_trio_token(), scope))
                 await trio.sleep_forever()
 

@@ -6,7 +6,8 @@ import pytest
 
 from tidemq import Consumer, InvalidArgument, MessageIllegal, Producer
 from tidemq.client._drafts import DraftSpec, build_drafts
-from tidemq.client._pool import check_addresses, parse_address
+from tidemq.client._namesrv import parse_namesrv
+from tidemq.client._pool import check_brokers, parse_address
 from tidemq.client._settings import parse_topics
 from tidemq.protocol.record import decode_record
 
@@ -17,18 +18,31 @@ def test_addresses() -> None:
     for bad in ("localhost", ":1", "host:", "host:0", "host:70000"):
         with pytest.raises(InvalidArgument):
             parse_address(bad)
-    assert check_addresses(["a:1", "a:1", "b:2"], None) == ("a:1", "b:2")
-    with pytest.raises(InvalidArgument, match="namesrv"):
-        check_addresses(None, "127.0.0.1:9876")
+    assert check_brokers(["a:1", "a:1", "b:2"], namesrv_given=False) == ("a:1", "b:2")
+    assert check_brokers(None, namesrv_given=True) == ()
     with pytest.raises(InvalidArgument, match="brokers"):
-        check_addresses([], None)
+        check_brokers([], namesrv_given=False)
+    with pytest.raises(InvalidArgument, match="not host:port"):
+        check_brokers(["nonsense"], namesrv_given=True)
 
 
-def test_clients_refuse_a_name_server_without_brokers() -> None:
+def test_name_server_addresses() -> None:
+    assert parse_namesrv(None) == ()
+    assert parse_namesrv("a:1") == ("a:1",)
+    assert parse_namesrv("a:1;b:2, a:1") == ("a:1", "b:2")
+    assert parse_namesrv(["a:1", "b:2"]) == ("a:1", "b:2")
+    for bad in ("", " ; ", "a", "a:0"):
+        with pytest.raises(InvalidArgument):
+            parse_namesrv(bad)
+
+
+async def test_clients_need_brokers_or_a_name_server() -> None:
     with pytest.raises(InvalidArgument, match="namesrv"):
-        Producer(namesrv="127.0.0.1:9876")
+        Producer()
     with pytest.raises(InvalidArgument, match="namesrv"):
-        Consumer("g", "orders", namesrv="127.0.0.1:9876")
+        Consumer("g", "orders")
+    Producer(namesrv="127.0.0.1:9876")  # accepted: discovery happens on entry
+    Consumer("g", "orders", namesrv=["127.0.0.1:9876", "127.0.0.1:9877"])
 
 
 def test_drafts_carry_the_sdk_properties() -> None:
