@@ -139,29 +139,47 @@ def client_timeout(params: Params, workloads: list[str]) -> float:
     return 60 + len(workloads) * (3 * params.max_seconds + 20) + params.latency_seconds
 
 
+def syncs_in_windows(trace_file: str, windows: dict[str, tuple[float, float, int]],
+                     in_flight: int) -> dict[str, SyncCount]:
+    """Sync calls in an strace log within each system's W1 window (start, end, acked)."""
+    if not os.path.exists(trace_file):
+        return {}
+    with open(trace_file, encoding="utf-8", errors="replace") as trace:
+        trace_lines = trace.readlines()
+    counts: dict[str, SyncCount] = {}
+    for key, (start, end, acked) in windows.items():
+        by_call = count_sync_calls(trace_lines, start, end)
+        counts[key] = SyncCount(key, sum(by_call.values()), acked, in_flight, by_call)
+    return counts
+
+
+def w1_window(line: dict[str, Any]) -> tuple[float, float, int] | None:
+    if line["workload"] != "W1" or line.get("error"):
+        return None
+    start, end = line["extra"]["window"]
+    return start, end, int(line["messages"])
+
+
 def trace_sync_calls(group: list[str], params: Params, root: str) -> dict[str, SyncCount]:
     """A short W1 on a server running under strace; sync calls within each W1's window."""
-    counts: dict[str, SyncCount] = {}
     with tempfile.TemporaryDirectory(prefix="trace-", dir=root) as workdir:
         trace_file = os.path.join(workdir, "strace.log")
         windows: dict[str, tuple[float, float, int]] = {}
         with adapter(group[0]).server(group[0], workdir, trace_file) as address:
             for key in group:
-                lines = run_client(key, address, ["W1"], params, workdir,
-                                   client_timeout(params, ["W1"]))
-                for line in lines:
-                    if line["workload"] == "W1" and not line.get("error"):
-                        start, end = line["extra"]["window"]
-                        windows[key] = (start, end, line["messages"])
-        if not os.path.exists(trace_file):
-            return counts
-        with open(trace_file, encoding="utf-8", errors="replace") as trace:
-            trace_lines = trace.readlines()
-        for key, (start, end, acked) in windows.items():
-            by_call = count_sync_calls(trace_lines, start, end)
-            counts[key] = SyncCount(key, sum(by_call.values()), acked, params.in_flight,
-                                    by_call)
-    return counts
+                for line in run_client(key, address, ["W1"], params, workdir,
+                                       client_timeout(params, ["W1"])):
+                    if (window := w1_window(line)) is not None:
+                        windows[key] = window
+        return syncs_in_windows(trace_file, windows, params.in_flight)
+
+
+def log_syncs(keys: list[str], syncs: dict[str, SyncCount]) -> None:
+    for key in keys:
+        if key in syncs:
+            count = syncs[key]
+            log(f"  {key}: {count.calls} sync calls / {count.acked:,} acks = "
+                f"{count.per_thousand:.2f} per 1k ({count.by_call}) -> {count.verdict()}")
 
 
 def disk_baseline(root: str, quick: bool) -> dict[str, Any]:
@@ -251,22 +269,23 @@ def run_suite(args: argparse.Namespace) -> int:
             keys = [key for key in group if key in wanted]
             if not keys:
                 continue
-            if not args.no_trace and (only is None or "W1" in only):
+            tracing = not args.no_trace and (only is None or "W1" in only)
+            if tracing and not args.quick:
                 log(f"{', '.join(keys)}: sync calls under strace (W1, "
                     f"{trace_params.messages:,} messages)")
                 try:
                     syncs.update(trace_sync_calls(keys, trace_params, root))
                 except Exception as error:
                     log(f"  ! trace failed: {type(error).__name__}: {error}")
-                for key in keys:
-                    if key in syncs:
-                        count = syncs[key]
-                        log(f"  {key}: {count.calls} sync calls / {count.acked:,} acks = "
-                            f"{count.per_thousand:.2f} per 1k ({count.by_call}) -> "
-                            f"{count.verdict()}")
+                log_syncs(keys, syncs)
             with tempfile.TemporaryDirectory(prefix="run-", dir=root) as workdir:
+                # Quick runs count sync calls during the measured W1 itself (the server
+                # runs under strace, stopped only on sync calls) to save a server start.
+                trace_file = os.path.join(workdir, "strace.log") \
+                    if tracing and args.quick else None
+                windows: dict[str, tuple[float, float, int]] = {}
                 try:
-                    with adapter(keys[0]).server(keys[0], workdir) as address:
+                    with adapter(keys[0]).server(keys[0], workdir, trace_file) as address:
                         for key in keys:
                             workloads = TIDEMQ_WORKLOADS if system(key).is_tidemq \
                                 else PEER_WORKLOADS
@@ -278,10 +297,15 @@ def run_suite(args: argparse.Namespace) -> int:
                                 result = Result.from_json(line)
                                 if result.workload != "error":
                                     results.add(result)
+                                if (window := w1_window(line)) is not None:
+                                    windows[key] = window
                                 log("  " + describe(result))
                 except Exception as error:
                     log(f"  ! {', '.join(keys)}: server failed: {type(error).__name__}: "
                         f"{error}")
+                if trace_file is not None:
+                    syncs.update(syncs_in_windows(trace_file, windows, params.in_flight))
+                    log_syncs(keys, syncs)
     machine["load_after"] = os.getloadavg()
     elapsed = time.monotonic() - started
     document = {"kind": kind, "command": args.command_line, "machine": machine,
@@ -362,8 +386,10 @@ def render_section(document: dict[str, Any], results: Results, syncs: dict[str, 
         "",
         "Figures per system (msg/s unless noted; \"syncs / 1k acks\": fsync + fdatasync + "
         "msync + sync_file_range calls by the server per 1,000 acknowledged messages during "
-        f"a separate {document['trace_params']['messages']:,}-message W1 under `strace -f "
-        "--seccomp-bpf`; an ack can mean \"on disk\" only with at least one sync per "
+        + (f"a separate {document['trace_params']['messages']:,}-message W1 under `strace -f "
+           "--seccomp-bpf`" if kind == "full" else "the measured W1, its server under "
+           "`strace -f --seccomp-bpf`")
+        + "; an ack can mean \"on disk\" only with at least one sync per "
         f"{params['in_flight']:,} acks):",
         "",
         markdown_table(figures_table(results, syncs)),

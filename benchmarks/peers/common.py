@@ -41,7 +41,7 @@ class Params:
         return asdict(self)
 
 
-QUICK = Params(messages=10_000, small_messages=20_000, max_seconds=2.0, latency_seconds=3.0,
+QUICK = Params(messages=10_000, small_messages=20_000, max_seconds=1.5, latency_seconds=2.0,
                warmup=500)
 TRACE = Params(messages=20_000, max_seconds=10.0, warmup=500)
 QUICK_TRACE = Params(messages=20_000, max_seconds=3.0, warmup=200)
