@@ -4,6 +4,8 @@
 
     tidemq bench produce|consume|latency [--quick] [--brokers ADDR]   client workloads
 
+    tidemq bench namesrv [--quick] [--namesrv ADDR]   route lookups on one name server
+
 Each action is a module under ``tidemq.bench`` with ``add_arguments(parser)`` and
 ``run_from_args(args) -> int``, and one entry in ``_ACTIONS``.
 """
@@ -24,6 +26,8 @@ _ACTIONS: Final = (
      "tidemq.bench.client_bench"),
     ("latency", "W3: end-to-end latency percentiles at a fixed rate",
      "tidemq.bench.client_bench"),
+    ("namesrv", "route lookups (GET_ROUTE) per second on one name server in its own process",
+     "tidemq.bench.namesrv_bench"),
 )
 
 

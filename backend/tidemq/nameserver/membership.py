@@ -10,7 +10,8 @@ Modes:
 * ``peers``: no writer. Every node is ready and takes every write itself.
 * ``primary`` and ``chain``: one writer (the primary; the chain's head). The writer is
   *sticky*: it keeps the role while it lives, so a restarted node never takes the role back.
-  When the writer dies, the first live ready member in configured order takes over with
+  When the writer dies (or restarts: it answers pings again, but not ready), the first
+  live ready member in configured order takes over with
   ``term + 1``; claims are ordered by (term, earlier configured position wins), and every
   node follows the highest claim it has heard of.
 * A node starts not ready (empty registry) and becomes ready when the writer pushes it a
@@ -70,8 +71,15 @@ class Membership:
 
     def follow(self, writer: str, term: int) -> bool:
         """Adopt ``writer`` if its claim beats the one followed now. Returns whether the
-        claim is at least as good as ours (the caller may accept its writes)."""
+        claim is at least as good as ours (the caller may accept its writes).
+
+        A claim in this node's own name that it does not hold (it made it in a previous
+        life, before a restart) is refused: adopting it would name a writer that is not
+        ready, and nobody would ever take over."""
         if writer not in self.members:
+            return False
+        if writer == self.address and not (self.writer == writer and self.term == term
+                                           and self.ready):
             return False
         if self.writer is None or self._claim(writer, term) > self._claim(self.writer,
                                                                            self.term):
@@ -110,8 +118,11 @@ class Membership:
         caller starts a new replication stream and re-times every broker's heartbeat)."""
         if not self.replicated:
             return False
-        if self.writer is not None and self.is_live(self.writer, now_s):
-            return False
+        if self.writer is not None and self.is_live(self.writer, now_s) \
+                and self.is_ready(self.writer):
+            return False  # sticky: a live writer keeps the role
+        # The writer is dead, or alive but not ready: it restarted (empty) and answers
+        # pings, yet holds nothing; waiting for it would leave the cluster without one.
         live = [m for m in self.members if self.is_live(m, now_s)]
         ready = [m for m in live if self.is_ready(m)]
         if not ready and not self.ready and now_s - self._started_s >= self._timeout_s \

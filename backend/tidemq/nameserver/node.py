@@ -14,6 +14,7 @@ addresses it registered; when the connection closes, those brokers are evicted a
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from typing import final
@@ -21,9 +22,11 @@ from typing import final
 import trio
 
 from tidemq.config import TidemqConfig
-from tidemq.errors import TideError
+from tidemq.errors import InvalidArgument, TideError
+from tidemq.nameserver import handlers
 from tidemq.nameserver.event_bus import EventBus, HandlerContext, RouteAnswerCache
 from tidemq.nameserver.membership import Membership, PeerStatus
+from tidemq.nameserver.processors import PROCESSORS
 from tidemq.nameserver.registry import Registry, Unregister
 from tidemq.nameserver.replication import Replicator
 from tidemq.net import ConnectionOptions, PeerConnections, ServerConnectionContext, serve
@@ -52,10 +55,13 @@ class NameServer:
         self.bus = EventBus(HandlerContext(self.config.address, self.route_cache))
         if load_plugins:
             self.bus.load_entry_points()
+        if "route_cache" not in self.bus.handler_names:
+            # Not a plug-in's choice: without it GET_ROUTE would answer from a stale cache.
+            self.bus.add("route_cache", handlers.route_cache(self.bus.context))
         self.address = self.config.address
-        self.request_counts: dict[str, int] = {}
-        self._broker_connections: dict[str, int] = {}
-        """Broker address -> id of the connection it last registered on."""
+        self.request_counts: Counter[RequestCode] = Counter()
+        self._broker_connections: dict[str, ServerConnectionContext] = {}
+        """Broker address -> the connection it last registered on."""
         self._membership: Membership | None = None
         self._replicator: Replicator | None = None
         self._nursery: trio.Nursery | None = None
@@ -104,24 +110,25 @@ class NameServer:
 
     async def handle(self, request: Request, context: ServerConnectionContext
                      ) -> Response | None:
-        from tidemq.nameserver.processors import PROCESSORS
-
-        name = request.code.name
-        self.request_counts[name] = self.request_counts.get(name, 0) + 1
-        processor = PROCESSORS.get(request.code)
+        code = request.code
+        self.request_counts[code] += 1
+        processor = PROCESSORS.get(code)
         if processor is None:
-            from tidemq.errors import InvalidArgument
-
-            raise InvalidArgument(f"request code {name} is not served by a name server")
+            raise InvalidArgument(f"request code {code.name} is not served by a name server")
         return await processor(self, request, context)
 
     # -- broker connections ----------------------------------------------------------------
     def remember_connection(self, address: str, context: ServerConnectionContext) -> None:
-        self._broker_connections[address] = id(context)
+        if context.statistics().closed:  # it closed while the registration was applied
+            self._broker_connections.pop(address, None)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._evict, [address], "disconnected")
+            return
+        self._broker_connections[address] = context
 
     def _connection_closed(self, context: ServerConnectionContext) -> None:
         gone = [address for address, connection in self._broker_connections.items()
-                if connection == id(context)]
+                if connection is context]
         for address in gone:
             del self._broker_connections[address]
         if gone and self._nursery is not None:
@@ -206,7 +213,7 @@ class NameServer:
                          "ready": membership.is_ready(m)} for m in membership.members],
             "events": dict(self.bus.context.event_counts),
             "handlers": self.bus.handler_names,
-            "requests": dict(self.request_counts),
+            "requests": {code.name: count for code, count in self.request_counts.items()},
         })
         return status
 

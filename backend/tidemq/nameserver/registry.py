@@ -45,6 +45,10 @@ from tidemq.protocol.routing import (
 
 EVICTION_REASONS = ("silent", "disconnected", "unregistered")
 
+_GroupState: TypeAlias = tuple[tuple[str | None, int], dict[str, TopicQueues],
+                               tuple[RouteReplica, ...]]
+"""A group as routes see it: (leader, epoch), topic queues, replicas."""
+
 
 @dataclass(frozen=True, slots=True)
 class Register:
@@ -82,6 +86,15 @@ def command_from_fields(value: Mapping[str, Any]) -> Command:
     raise InvalidArgument(f"unknown registry command {op!r}")
 
 
+def parse_snapshot(snapshot: Iterable[Mapping[str, Any]]) -> list[BrokerRegistration]:
+    """The registrations of a ``Registry.snapshot()`` that travelled as fields.
+
+    Raises:
+        InvalidArgument: a malformed snapshot.
+    """
+    return [BrokerRegistration.from_fields(item) for item in snapshot]
+
+
 @dataclass(slots=True)
 class _Replica:
     registration: BrokerRegistration
@@ -108,20 +121,18 @@ class Registry:
         address = registration.address
         old = self._replicas.get(address)
         events: list[RegistryEvent] = []
-        before_groups: list[tuple[str, str]] = []
+        key = (registration.cluster, registration.group)
+        touched = [key]
         if old is not None:
-            old_key = (old.registration.cluster, old.registration.group)
             if old.registration == registration:  # a plain heartbeat: nothing changed
                 old.last_heartbeat_s = now_s
                 return events
-            if old_key != (registration.cluster, registration.group):
-                before_groups.append(old_key)
-                self._groups[old_key].discard(address)
-                if not self._groups[old_key]:
-                    del self._groups[old_key]
-        key = (registration.cluster, registration.group)
-        touched = [*before_groups, key]
-        before = self._group_states(touched)
+            touched.insert(0, (old.registration.cluster, old.registration.group))
+        before = self._group_states(touched)  # before anything moves
+        if old is not None and touched[0] != key:  # it moved to another group
+            self._groups[touched[0]].discard(address)
+            if not self._groups[touched[0]]:
+                del self._groups[touched[0]]
         self._replicas[address] = _Replica(registration, now_s)
         self._groups.setdefault(key, set()).add(address)
         if old is None:
@@ -203,14 +214,11 @@ class Registry:
         return [replica.registration.to_fields() for _, replica in
                 sorted(self._replicas.items())]
 
-    def load_snapshot(self, snapshot: Iterable[Mapping[str, Any]], now_s: float
+    def load_snapshot(self, registrations: Iterable[BrokerRegistration], now_s: float
                       ) -> list[RegistryEvent]:
-        """Replace the registry with ``snapshot``; the events are the differences.
-
-        Raises:
-            InvalidArgument: a malformed snapshot (the registry is left unchanged).
-        """
-        registrations = [BrokerRegistration.from_fields(item) for item in snapshot]
+        """Replace the registry with ``registrations`` (see ``parse_snapshot``); the events
+        are the differences."""
+        registrations = list(registrations)
         events: list[RegistryEvent] = []
         incoming = {registration.address for registration in registrations}
         for address in [a for a in self._replicas if a not in incoming]:
@@ -233,34 +241,35 @@ class Registry:
                           source.topics[topic])
 
     def _group_states(self, keys: Iterable[tuple[str, str]]
-                      ) -> dict[tuple[str, str], tuple[tuple[str | None, int],
-                                                       dict[str, TopicQueues]]]:
+                      ) -> dict[tuple[str, str], _GroupState]:
         states = {}
         for key in keys:
             topics: dict[str, TopicQueues] = {}
             leader = self.leader(*key)
+            replicas = []
             for address in sorted(self._groups.get(key, ())):
                 registration = self._replicas[address].registration
+                replicas.append(RouteReplica(address, registration.role, registration.epoch))
                 for name, queues in registration.topics.items():
                     if name not in topics or address == leader[0]:
                         topics[name] = queues
-            states[key] = (leader, topics)
+            states[key] = (leader, topics, tuple(replicas))
         return states
 
     @staticmethod
-    def _changes(before: Mapping[tuple[str, str], tuple[tuple[str | None, int],
-                                                        dict[str, TopicQueues]]],
-                 after: Mapping[tuple[str, str], tuple[tuple[str | None, int],
-                                                       dict[str, TopicQueues]]],
-                 ) -> list[RegistryEvent]:
+    def _changes(before: Mapping[tuple[str, str], _GroupState],
+                 after: Mapping[tuple[str, str], _GroupState]) -> list[RegistryEvent]:
         events: list[RegistryEvent] = []
         changed_topics: set[str] = set()
         for key in dict.fromkeys([*before, *after]):
-            old_leader, old_topics = before.get(key, ((None, 0), {}))
-            new_leader, new_topics = after.get(key, ((None, 0), {}))
+            old_leader, old_topics, old_replicas = before.get(key, ((None, 0), {}, ()))
+            new_leader, new_topics, new_replicas = after.get(key, ((None, 0), {}, ()))
             if old_leader != new_leader:
                 events.append(LeaderChanged(key[0], key[1], new_leader[0], new_leader[1]))
-                changed_topics.update(new_topics)  # routes name the leader
+            if old_leader != new_leader or old_replicas != new_replicas:
+                # Routes name the leader and every replica (role, epoch) of the group.
+                changed_topics.update(new_topics)
+                changed_topics.update(old_topics)
             for name in old_topics.keys() | new_topics.keys():
                 if old_topics.get(name) != new_topics.get(name):
                     changed_topics.add(name)

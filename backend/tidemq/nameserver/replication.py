@@ -36,7 +36,13 @@ from tidemq.config import NameServerConfig
 from tidemq.errors import InvalidArgument, NotLeader, ReplicaTimeout, TideError
 from tidemq.nameserver.event_bus import EventBus
 from tidemq.nameserver.membership import Membership
-from tidemq.nameserver.registry import Command, Registry, command_from_fields, command_to_fields
+from tidemq.nameserver.registry import (
+    Command,
+    Registry,
+    command_from_fields,
+    command_to_fields,
+    parse_snapshot,
+)
 from tidemq.net import ConnectionClosed, PeerConnections, RequestTimeout
 from tidemq.protocol import fields as f
 from tidemq.protocol.codes import RequestCode
@@ -47,11 +53,30 @@ logger = logging.getLogger("tidemq.nameserver.replication")
 
 @dataclass(slots=True)
 class _Write:
+    """One numbered write on its way to one member. ``writer``/``term`` are the claim of
+    the writer that numbered it (not whoever the sender follows now): a receiver judges the
+    write by its origin. ``chain`` (chain mode) is the head's chain when it took the write;
+    every node forwards along it, so nodes whose views differ still agree on the order."""
+
+    writer: str
+    term: int
     stream: str
     seq: int
     command: dict[str, FieldValue]
+    chain: tuple[str, ...] = ()
     done: trio.Event = field(default_factory=trio.Event)
     applied: bool = False
+    report: trio.MemorySendChannel[None] | None = None
+
+    def copy(self, report: trio.MemorySendChannel[None] | None = None) -> _Write:
+        return _Write(self.writer, self.term, self.stream, self.seq, self.command,
+                      self.chain, report=report)
+
+    def finish(self, applied: bool) -> None:
+        self.applied = applied
+        self.done.set()
+        if self.report is not None:
+            self.report.send_nowait(None)  # the channel has room for every copy
 
 
 @final
@@ -77,17 +102,16 @@ class ReplicaLink:
             write = self._queue[0]
             try:
                 await self._replicator.deliver(self.peer, write)
-                write.applied = True
             except TideError as error:
                 logger.info("replica unreachable",
                             extra={"peer": self.peer, "remark": error.remark})
                 self._replicator.membership_suspect(self.peer)
                 for failed in self._queue:  # it catches up by snapshot when it is back
-                    failed.done.set()
+                    failed.finish(applied=False)
                 self._queue.clear()
                 continue
             self._queue.popleft()
-            write.done.set()
+            write.finish(applied=True)
 
 
 @final
@@ -145,7 +169,9 @@ class Replicator:
             if not membership.is_writer:  # lost the role while waiting
                 raise NotLeader("this name server is not the writer", membership.writer)
             self.seq += 1
-            write = _Write(self.stream, self.seq, command_to_fields(command))
+            chain = tuple(membership.chain(trio.current_time()))
+            write = _Write(membership.address, membership.term, self.stream, self.seq,
+                           command_to_fields(command), chain)
             self._apply(command)
             if membership.mode == "chain":
                 with trio.move_on_after(self._timeout_s) as scope:
@@ -156,10 +182,17 @@ class Replicator:
                 await self._replicate_to_replicas(write)
 
     async def _replicate_to_replicas(self, write: _Write) -> None:
-        now = trio.current_time()
+        """Queue ``write`` for every live replica and wait as ``ack`` says.
+
+        Raises:
+            ReplicaTimeout: semi-sync and no replica applied it, or sync and a live
+                replica neither applied it nor failed within replication_timeout_ms.
+        """
+        peers = self.membership.replicas(trio.current_time())
+        reports, finished = trio.open_memory_channel[None](max(len(peers), 1))
         writes = []
-        for peer in self.membership.replicas(now):
-            copy = _Write(write.stream, write.seq, write.command)
+        for peer in peers:
+            copy = write.copy(reports)
             self._link(peer).put(copy)
             writes.append(copy)
         ack = self._config.ack
@@ -170,13 +203,10 @@ class Replicator:
                 raise ReplicaTimeout("semi-sync: no live replica to copy the write to")
             return  # sync: every live replica (none) has it
         with trio.move_on_after(self._timeout_s):
-            while True:
+            for _ in writes:  # each copy reports once, applied or failed, in any order
+                await finished.receive()
                 if ack == "semi-sync" and any(w.applied for w in writes):
                     return
-                pending = [w for w in writes if not w.done.is_set()]
-                if not pending:
-                    break
-                await pending[0].done.wait()
             # Every replica answered or failed. A failed one is suspected dead now, so for
             # "sync" the live replicas all have the write.
             if ack == "sync":
@@ -193,25 +223,30 @@ class Replicator:
         return link
 
     async def forward(self, write: _Write) -> None:
-        """Chain mode: hand ``write`` to the successor until it (and so the tail) has it.
-        A successor that fails is dropped from the chain and the next one gets it."""
-        while True:
-            successor = self.membership.successor(trio.current_time())
-            if successor is None:
-                return  # this node is the tail
+        """Chain mode: hand ``write`` to the next node of the head's chain until it (and so
+        the tail) has it. A successor that fails is suspected and the one after it gets
+        the write; nodes this one knows are dead are skipped. Each node goes only forward
+        along one shared list, so no two nodes can wait on each other."""
+        chain = write.chain
+        position = chain.index(self.membership.address) if self.membership.address in chain \
+            else len(chain)
+        for successor in chain[position + 1:]:
+            if not self.membership.is_live(successor, trio.current_time()):
+                continue
             try:
                 await self.deliver(successor, write)
                 return
             except (ConnectionClosed, RequestTimeout) as error:
                 logger.info("successor lost", extra={"peer": successor, "remark": error.remark})
                 self.membership.suspect(successor)
+        # This node is the last live one of the chain: the tail.
 
     async def deliver(self, peer: str, write: _Write) -> None:
         """Send one write; on a snapshot request push the registry, then send it again."""
         for _ in range(3):
             response = await self._peers.call(peer, RequestCode.REPLICATE_WRITE, {
-                "writer": self.membership.writer, "term": self.membership.term,
-                "stream": write.stream, "seq": write.seq, "command": write.command,
+                "writer": write.writer, "term": write.term, "stream": write.stream,
+                "seq": write.seq, "command": write.command, "chain": list(write.chain),
             }, timeout_ms=self._config.replication_timeout_ms)
             if not response.fields.get("need_snapshot"):
                 return
@@ -220,9 +255,11 @@ class Replicator:
 
     async def push_snapshot(self, peer: str) -> None:
         # Read on the loop with no await in between: the registry and (stream, seq) agree.
-        fields = {"writer": self.membership.writer, "term": self.membership.term,
-                  "stream": self.stream, "seq": self.seq,
-                  "registry": self.registry.snapshot()}
+        # The claim sent is the stream's: its writer and term (a stream is "writer#term").
+        writer, _, term = self.stream.rpartition("#")
+        fields: dict[str, FieldValue] = {
+            "writer": writer, "term": int(term) if term.isdigit() else 0,
+            "stream": self.stream, "seq": self.seq, "registry": self.registry.snapshot()}
         await self._peers.call(peer, RequestCode.REPLICATE_SNAPSHOT, fields,
                                timeout_ms=self._config.replication_timeout_ms)
 
@@ -243,25 +280,33 @@ class Replicator:
         self._nursery.start_soon(push)
 
     # -- the receiver's side ---------------------------------------------------------------
-    def _check_sender(self, request_fields: Fields) -> None:
-        writer = f.string(request_fields, "writer")
-        term = f.integer(request_fields, "term", minimum=0)
-        if not self.membership.follow(writer, term):
-            raise NotLeader(f"{writer} (term {term}) is not the writer",
-                            self.membership.writer)
+    def _check_sender(self, writer: str, term: int) -> None:
+        """Accept replication only from the writer this node follows (or a better claim,
+        which it then follows). Called after the payload is known to be well formed, so a
+        bogus request cannot move this node's view of the writer."""
+        membership = self.membership
+        if not membership.replicated:
+            raise InvalidArgument(f"a {membership.mode} name server takes no replication")
+        if writer == membership.address:
+            raise NotLeader("a name server never replicates to itself", membership.writer)
+        if not membership.follow(writer, term):
+            raise NotLeader(f"{writer} (term {term}) is not the writer", membership.writer)
 
     async def receive_write(self, request_fields: Fields) -> dict[str, FieldValue]:
-        self._check_sender(request_fields)
+        writer = f.string(request_fields, "writer")
+        term = f.integer(request_fields, "term", minimum=0)
         stream = f.string(request_fields, "stream")
         seq = f.integer(request_fields, "seq", minimum=1)
         raw = request_fields.get("command")
         if not isinstance(raw, Mapping):
             raise InvalidArgument("field 'command' must be a map")
         command = command_from_fields(raw)
+        chain = tuple(_member_list(request_fields, "chain", self.membership.members))
+        self._check_sender(writer, term)
         async with self._lock:
             if stream != self.stream or seq > self.seq + 1:
                 return {"need_snapshot": True}
-            write = _Write(stream, seq, dict(raw))
+            write = _Write(writer, term, stream, seq, dict(raw), chain)
             if seq == self.seq + 1:
                 self.seq = seq
                 self._apply(command)
@@ -270,12 +315,18 @@ class Replicator:
         return {}
 
     async def receive_snapshot(self, request_fields: Fields) -> None:
-        self._check_sender(request_fields)
+        writer = f.string(request_fields, "writer")
+        term = f.integer(request_fields, "term", minimum=0)
         stream = f.string(request_fields, "stream")
         seq = f.integer(request_fields, "seq", minimum=0)
-        registry = f.map_list(request_fields, "registry")
+        registrations = parse_snapshot(f.map_list(request_fields, "registry"))
+        self._check_sender(writer, term)
         async with self._lock:
-            events = self.registry.load_snapshot(registry, trio.current_time())
+            if stream == self.stream and seq < self.seq:
+                # Older than what this node holds (a snapshot overtaken by the writes after
+                # it): loading it would drop acknowledged writes.
+                return
+            events = self.registry.load_snapshot(registrations, trio.current_time())
             self.stream, self.seq = stream, seq
             self.membership.became_ready()
         self._bus.publish(events)
@@ -286,3 +337,10 @@ class Replicator:
     def _apply(self, command: Command) -> None:
         self._bus.publish(self.registry.apply(command, trio.current_time()))
         self.on_applied()
+
+
+def _member_list(fields: Fields, name: str, members: tuple[str, ...]) -> list[str]:
+    value = fields.get(name, [])
+    if not isinstance(value, list | tuple) or not all(item in members for item in value):
+        raise InvalidArgument(f"field {name!r} must be a list of this cluster's members")
+    return list(value)
