@@ -13,7 +13,11 @@ Each server is started here as a subprocess on 127.0.0.1 with its own data direc
 ``--dir`` (removed afterwards) and durable settings; each system's client runs in another
 process (``suite.py client ...``), so client and server have a core each. Before the
 measured run, each server runs a short W1 under ``strace -f --seccomp-bpf`` to count its
-sync calls (fsync, fdatasync, msync, sync_file_range) per 1,000 acknowledged messages.
+sync calls (fsync, fdatasync, msync, sync_file_range) per 1,000 acknowledged messages
+(``--quick``: during the measured W1 itself, and not for RabbitMQ, whose boot under strace
+takes ~23 s). W3 runs first on each fresh server; the other workloads follow. The suite
+also records the CPU time of the server's process tree and of the client process during
+each throughput workload (which side is the limit).
 
 Results: JSON and a PNG under docs/bench/, a section in docs/benchmarks.md (the quick
 run's and the full run's sections are each replaced by the next run of the same kind).
@@ -57,9 +61,11 @@ from tidemq.bench.peers_report import (
 )
 from tidemq.bench.report import machine_description
 
+# RabbitMQ boots in ~23 s under strace (~6 s without): quick runs leave it untraced.
+QUICK_UNTRACED = {"rabbitmq-stream", "rabbitmq-quorum"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIDEMQ_WORKLOADS = ["W1", "W2", "W1-batch", "W5", "W5-batch", "W6", "W3"]
-PEER_WORKLOADS = ["W1", "W2", "W5", "W6", "W3"]
+TIDEMQ_WORKLOADS = ["W3", "W1", "W2", "W1-batch", "W5", "W5-batch", "W6"]
+PEER_WORKLOADS = ["W3", "W1", "W2", "W5", "W6"]
 # Systems sharing one server process (RabbitMQ: the queue type is per queue).
 SERVER_GROUPS = [["tidemq-async"], ["tidemq-sync"], ["redis-everysec"], ["redis-always"],
                  ["rabbitmq-stream", "rabbitmq-quorum"], ["nats-jetstream"]]
@@ -109,9 +115,10 @@ def run_client(key: str, address: str, workloads: list[str], params: Params, wor
                "--address", address, "--workloads", ",".join(workloads),
                "--params", json.dumps(params.to_json())]
     log_path = os.path.join(workdir, f"client-{key}.log")
+    env = {**os.environ, common.SERVER_PIDS_ENV: ",".join(map(str, common.started_pids))}
     with open(log_path, "ab") as log:
         try:
-            completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=log,
+            completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, env=env,
                                        timeout=timeout_s, check=False)
             output = completed.stdout.decode()
         except subprocess.TimeoutExpired as expired:
@@ -269,7 +276,8 @@ def run_suite(args: argparse.Namespace) -> int:
             keys = [key for key in group if key in wanted]
             if not keys:
                 continue
-            tracing = not args.no_trace and (only is None or "W1" in only)
+            tracing = not args.no_trace and (only is None or "W1" in only) and not (
+                args.quick and set(keys) & QUICK_UNTRACED)
             if tracing and not args.quick:
                 log(f"{', '.join(keys)}: sync calls under strace (W1, "
                     f"{trace_params.messages:,} messages)")
@@ -343,7 +351,8 @@ def describe(result: Result) -> str:
         return (f"{result.system} W3: {result.messages:,} samples, p50 {result.p50_ms} ms, "
                 f"p99 {result.p99_ms} ms, p99.9 {result.p999_ms} ms")
     return (f"{result.system} {result.workload}: {result.messages:,} in {result.seconds:.2f} s"
-            f" = {result.msg_per_s:,.0f} msg/s, {result.mb_per_s:.1f} MB/s")
+            f" = {result.msg_per_s:,.0f} msg/s, {result.mb_per_s:.1f} MB/s; CPU server "
+            f"{result.extra.get('server_cpu', '-')}, client {result.extra.get('client_cpu', '-')}")
 
 
 def render_section(document: dict[str, Any], results: Results, syncs: dict[str, SyncCount],

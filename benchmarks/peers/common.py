@@ -70,6 +70,61 @@ def result(system: str, workload: str, messages: int, seconds: float, body_bytes
     return line
 
 
+# -- CPU use of the server processes and of this client, per workload -------------------
+
+#: Pids of the server processes started by ``server_process`` and still running (the
+#: suite hands them to the client process in ``SERVER_PIDS_ENV``).
+started_pids: list[int] = []
+SERVER_PIDS_ENV = "TIDEMQ_BENCH_SERVER_PIDS"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            stack.extend(_children_of_task(current, int(task)))
+    return found
+
+
+def _children_of_task(pid: int, task: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as file:
+            return [int(child) for child in file.read().split()]
+    except OSError:
+        return []
+
+
+def _cpu_of(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime, all threads
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall, server CPU seconds, client CPU seconds) now."""
+    pids = [int(p) for p in os.environ.get(SERVER_PIDS_ENV, "").split(",") if p]
+    server = sum(_cpu_of(pid) for root in pids for pid in _tree(root))
+    return time.perf_counter(), server, time.process_time()
+
+
+def cpu_since(start: tuple[float, float, float]) -> dict[str, float]:
+    """Busy share of one core since ``start``: servers' process trees, and this client."""
+    wall, server, client = cpu_snapshot()
+    elapsed = max(wall - start[0], 1e-9)
+    return {"server_cpu": round((server - start[1]) / elapsed, 2),
+            "client_cpu": round((client - start[2]) / elapsed, 2)}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -117,9 +172,11 @@ def server_process(command: Sequence[str], *, log_path: str, trace_file: str | N
     log = open(log_path, "ab")  # noqa: SIM115 (closed below, after the process)
     process = subprocess.Popen(traced(command, trace_file), stdout=stdout or log, stderr=log,
                                env=env, start_new_session=True)
+    started_pids.append(process.pid)
     try:
         yield process
     finally:
+        started_pids.remove(process.pid)
         target = process.pid
         if trace_file is not None:
             children = _children(process.pid)

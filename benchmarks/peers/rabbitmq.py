@@ -23,7 +23,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from peers.common import Params, free_port, percentiles, result, server_process, wait_for_port
+from peers.common import (
+    Params,
+    cpu_since,
+    cpu_snapshot,
+    free_port,
+    percentiles,
+    result,
+    server_process,
+    wait_for_port,
+)
 
 _STAMP = struct.Struct("<d")
 RABBIT = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -120,13 +129,15 @@ async def produce_workload(variant: str, address: str, workload: str, params: Pa
                 acked += 1
 
         wall = time.time()
+        cpu = cpu_snapshot()
         start = time.perf_counter()
         await asyncio.gather(*(publisher(exchange, p * per_producer + slot)
                                for p, exchange in enumerate(exchanges)
                                for slot in range(per_producer)))
         seconds = time.perf_counter() - start
+        usage = cpu_since(cpu)
         return result(variant, workload, acked, seconds, body_bytes,
-                      window=[wall, time.time()], in_flight=params.in_flight,
+                      window=[wall, time.time()], **usage, in_flight=params.in_flight,
                       stored=acked + warm * len(names))
     finally:
         for connection in connections:
@@ -154,13 +165,15 @@ async def consume_workload(variant: str, address: str, params: Params, *, queue:
                 done.set()
 
         arguments = {"x-stream-offset": "first"} if variant == "rabbitmq-stream" else {}
+        cpu = cpu_snapshot()
         start = time.perf_counter()
         tag = await declared.consume(on_message, arguments=arguments)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), timeout=params.max_seconds * 2)
         seconds = time.perf_counter() - start
+        usage = cpu_since(cpu)
         await declared.cancel(tag)
-        return result(variant, "W2", min(received, expected), seconds, params.body_bytes)
+        return result(variant, "W2", min(received, expected), seconds, params.body_bytes, **usage)
     finally:
         await connection.close()
 
@@ -220,6 +233,10 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
 
 async def run(variant: str, address: str, workloads: list[str], params: Params,
               emit: Any) -> None:
+    # W3 first, on a fresh server: the throughput runs leave different amounts of
+    # dirty data behind (whose writeback would land in the latency samples).
+    if "W3" in workloads:
+        emit(await latency_workload(variant, address, params))
     kind = _queue_type(variant)
     if "W1" in workloads or "W2" in workloads:
         w1 = await produce_workload(variant, address, "W1", params, queue=f"w1-{kind}",
@@ -236,5 +253,3 @@ async def run(variant: str, address: str, workloads: list[str], params: Params,
         emit(await produce_workload(variant, address, "W6", params, queue=f"w6-{kind}",
                                     body_bytes=params.body_bytes, messages=params.messages,
                                     topics=params.topics, producers=params.producers))
-    if "W3" in workloads:
-        emit(await latency_workload(variant, address, params))

@@ -20,7 +20,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from peers.common import Params, free_port, percentiles, result, server_process, wait_for_port
+from peers.common import (
+    Params,
+    cpu_since,
+    cpu_snapshot,
+    free_port,
+    percentiles,
+    result,
+    server_process,
+    wait_for_port,
+)
 
 FIELD = b"d"
 _STAMP = struct.Struct("<d")
@@ -91,9 +100,11 @@ async def produce_workload(variant: str, address: str, workload: str, params: Pa
         for k in keys:
             await _warm(clients[0], k, body, max(1, params.warmup // len(keys)))
         wall = time.time()
+        cpu = cpu_snapshot()
         acked, seconds = await _produce(clients, keys, body, messages, params)
+        usage = cpu_since(cpu)
         return result(variant, workload, acked, seconds, body_bytes,
-                      window=[wall, time.time()], in_flight=params.in_flight,
+                      window=[wall, time.time()], **usage, in_flight=params.in_flight,
                       stored=acked + len(keys) * max(1, params.warmup // len(keys)))
     finally:
         for client in clients:
@@ -108,6 +119,7 @@ async def consume_workload(variant: str, address: str, params: Params, *, key: s
         received = 0
         pending: list[bytes] = []
         deadline = time.perf_counter() + params.max_seconds * 2
+        cpu = cpu_snapshot()
         start = time.perf_counter()
         while received < expected and time.perf_counter() < deadline:
             pipe = client.pipeline(transaction=False)
@@ -123,7 +135,8 @@ async def consume_workload(variant: str, address: str, params: Params, *, key: s
         if pending:
             await client.xack(key, "w2", *pending)
         seconds = time.perf_counter() - start
-        return result(variant, "W2", received, seconds, params.body_bytes)
+        usage = cpu_since(cpu)
+        return result(variant, "W2", received, seconds, params.body_bytes, **usage)
     finally:
         await client.aclose()
 
@@ -181,6 +194,10 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
 
 async def run(variant: str, address: str, workloads: list[str], params: Params,
               emit: Any) -> None:
+    # W3 first, on a fresh server: the throughput runs leave different amounts of
+    # dirty data behind (whose writeback would land in the latency samples).
+    if "W3" in workloads:
+        emit(await latency_workload(variant, address, params))
     if "W1" in workloads or "W2" in workloads:
         w1 = await produce_workload(variant, address, "W1", params, key="w1",
                                     body_bytes=params.body_bytes, messages=params.messages)
@@ -196,5 +213,3 @@ async def run(variant: str, address: str, workloads: list[str], params: Params,
         emit(await produce_workload(variant, address, "W6", params, key="w6",
                                     body_bytes=params.body_bytes, messages=params.messages,
                                     topics=params.topics, producers=params.producers))
-    if "W3" in workloads:
-        emit(await latency_workload(variant, address, params))

@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from peers.common import Params, result, server_process
+from peers.common import Params, cpu_since, cpu_snapshot, result, server_process
 from tidemq.bench.broker_process import broker_command
 from tidemq.bench.client_bench import latency as harness_latency
 from tidemq.client import Admin, Consumer, Producer
@@ -81,6 +81,7 @@ async def produce_workload(variant: str, address: str, workload: str, params: Pa
                 acked += count
 
         wall = time.time()
+        cpu = cpu_snapshot()
         start = time.perf_counter()
         deadline = start + params.max_seconds
         async with trio.open_nursery() as nursery:
@@ -88,8 +89,10 @@ async def produce_workload(variant: str, address: str, workload: str, params: Pa
                 for slot in range(senders_per_producer):
                     nursery.start_soon(sender, client, number * senders_per_producer + slot)
         seconds = time.perf_counter() - start
+        usage = cpu_since(cpu)
     return result(variant, workload, acked, seconds, body_bytes, window=[wall, time.time()],
-                  in_flight=params.in_flight, batch=batch, stored=acked + warm * len(names))
+                  **usage, in_flight=params.in_flight, batch=batch,
+                  stored=acked + warm * len(names))
 
 
 async def consume_workload(variant: str, address: str, params: Params, *, topic: str,
@@ -99,6 +102,7 @@ async def consume_workload(variant: str, address: str, params: Params, *, topic:
     async with Consumer(f"bench-w2-{os.getpid()}", {topic: "*"}, brokers=[address],
                         start_from="earliest", pull_batch_size=256,
                         prefetch_per_queue=2048) as consumer:
+        cpu = cpu_snapshot()
         start = time.perf_counter()
         while received < expected and time.perf_counter() < deadline:
             batch = await consumer.receive(max=1024, wait=5)
@@ -108,7 +112,8 @@ async def consume_workload(variant: str, address: str, params: Params, *, topic:
                 await message.ack()
             received += len(batch)
         seconds = time.perf_counter() - start
-    return result(variant, "W2", received, seconds, params.body_bytes)
+        usage = cpu_since(cpu)
+    return result(variant, "W2", received, seconds, params.body_bytes, **usage)
 
 
 async def latency_workload(variant: str, address: str, params: Params) -> dict[str, Any]:
@@ -122,6 +127,10 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
 
 async def run(variant: str, address: str, workloads: list[str], params: Params,
               emit: Any) -> None:
+    # W3 first, on a fresh server: the throughput runs leave different amounts of
+    # dirty data behind (whose writeback would land in the latency samples).
+    if "W3" in workloads:
+        emit(await latency_workload(variant, address, params))
     if "W1" in workloads or "W2" in workloads:
         w1 = await produce_workload(variant, address, "W1", params, topic="w1",
                                     body_bytes=params.body_bytes, messages=params.messages)
@@ -145,5 +154,3 @@ async def run(variant: str, address: str, workloads: list[str], params: Params,
         emit(await produce_workload(variant, address, "W6", params, topic="w6",
                                     body_bytes=params.body_bytes, messages=params.messages,
                                     topics=params.topics, producers=params.producers))
-    if "W3" in workloads:
-        emit(await latency_workload(variant, address, params))

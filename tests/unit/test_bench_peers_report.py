@@ -12,6 +12,7 @@ from tidemq.bench.peers_report import (
     SyncCount,
     count_sync_calls,
     counterpart,
+    cpu_text,
     evaluate_targets,
     figures_table,
     markdown_table,
@@ -177,3 +178,11 @@ def test_tables_have_one_row_per_system_and_per_peer() -> None:
     assert nats[2] == "2.22x"  # 40,000 / 18,000
     text = markdown_table(ratios)
     assert text.splitlines()[1].startswith("| --- | --- | ---: |")
+
+
+def test_cpu_column_shows_server_and_client_cores() -> None:
+    measured = Result("nats-jetstream", "W1", 1000, 1.0, 1024,
+                      extra={"server_cpu": 0.5, "client_cpu": 0.98})
+    assert cpu_text(measured) == "0.50 + 0.98"
+    assert cpu_text(Result("nats-jetstream", "W1", 1000, 1.0, 1024)) == "-"
+    assert cpu_text(None) == "-"

@@ -318,7 +318,7 @@ def figures_table(results: Results, syncs: Mapping[str, SyncCount]) -> list[list
     """Rows: one per system. Throughputs in msg/s (MB/s for W1), W3 percentiles in ms."""
     header = ["system", "ack means (strace)", "syncs / 1k acks", "W1 msg/s", "W1 MB/s",
               "W1 batch msg/s", "W2 msg/s", "W3 p50 / p99 / p99.9 ms", "W5 msg/s",
-              "W5 batch msg/s", "W6 msg/s"]
+              "W5 batch msg/s", "W6 msg/s", "W1 / W2 CPU, server + client (cores)"]
     rows = [header]
     for key in results.systems():
         info = system(key)
@@ -338,8 +338,16 @@ def figures_table(results: Results, syncs: Mapping[str, SyncCount]) -> list[list
             _num(figure(results.get(key, "W5"), "W5")),
             _num(figure(results.get(key, "W5-batch"), "W5")),
             _num(figure(results.get(key, "W6"), "W6")),
+            " / ".join(cpu_text(results.get(key, w)) for w in ("W1", "W2")),
         ])
     return rows
+
+
+def cpu_text(result: Result | None) -> str:
+    """Busy cores during a workload: the server's process tree + the client process."""
+    if result is None or "server_cpu" not in result.extra:
+        return "-"
+    return f"{result.extra['server_cpu']:.2f} + {result.extra['client_cpu']:.2f}"
 
 
 def ratios_table(results: Results) -> list[list[str]]:
