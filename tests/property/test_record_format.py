@@ -27,6 +27,7 @@ from tidemq.protocol.record import (
     PROPERTY_TAGS,
     PROPERTY_UNIQUE_ID,
     TRANSACTION_MASK,
+    DraftTemplate,
     check_record,
     decode_record,
     draft_topic,
@@ -258,3 +259,27 @@ def test_tag_property_sets_the_tag_hash() -> None:
     record = bytearray(encode_draft("t", b"x", {PROPERTY_TAGS: "TagA"}))
     seal(record)
     assert decode_record(record).tag_hash == tag_hash("TagA")
+
+
+@given(draft_inputs(), st.dictionaries(st.text(max_size=12), st.text(max_size=30), max_size=20),
+       st.text(min_size=1, max_size=40))
+def test_a_template_encodes_what_encode_draft_encodes(inputs: dict[str, object],
+                                                       many_properties: dict[str, str],
+                                                       unique_id: str) -> None:
+    props = {**many_properties, **inputs["properties"]}  # type: ignore[dict-item]
+    tag = inputs["tag"]
+    assert tag is None or isinstance(tag, str)
+    born_host, born_port = inputs["born_host"], inputs["born_port"]
+    assert isinstance(born_host, bytes)
+    assert isinstance(born_port, int)
+    topic, body, born_ms = inputs["topic"], inputs["body"], inputs["born_timestamp_ms"]
+    assert isinstance(topic, str)
+    assert isinstance(body, bytes)
+    assert isinstance(born_ms, int)
+    template = DraftTemplate(topic, props, tag=tag, born_host=born_host, born_port=born_port)
+    from_template = decode_record(template.encode(body, unique_id, born_ms), verify=False)
+    expected = decode_record(encode_draft(
+        topic, body, {**props, PROPERTY_UNIQUE_ID: unique_id}, tag=tag,
+        born_timestamp_ms=born_ms, born_host=born_host, born_port=born_port), verify=False)
+    assert fields_of(from_template) == fields_of(expected)
+    assert from_template.properties[PROPERTY_UNIQUE_ID] == unique_id

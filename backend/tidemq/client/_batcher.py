@@ -6,10 +6,11 @@ of its own); sends that arrive while a request of their lane is in flight wait, 
 together as the next request (one SEND_BATCH), up to ``max_messages`` drafts and
 ``max_bytes`` of body::
 
-    send() --> lane(queue).pending --> drain task (one per busy lane, exits when idle)
-                                          |  SEND_BATCH of what is pending, in order
-                                          +-- each waiter gets its SendResult
-                                              (first_queue_offset + its index) or the error
+    send() --> lane(queue).flights --> drain task (one per busy lane, exits when idle)
+                 (the last flight that      |  one SEND_BATCH per flight, in order
+                  has room, or a new one)   +-- each waiter gets its SendResult
+                                                (first_queue_offset + its index) or the
+                                                error; one event wakes the whole flight
 
 * Order: one request in flight per lane and a FIFO lane keep the order of the sends that
   joined the lane; the broker stores a batch in order, in one queue.
@@ -20,8 +21,8 @@ together as the next request (one SEND_BATCH), up to ``max_messages`` drafts and
   request, so only the illegal message fails.
 * Time: ``send_timeout_ms`` bounds each request, not the wait in the lane before it (at
   most one request ahead of it, itself bounded).
-* Cancellation: a send cancelled before its draft was taken from the lane is dropped from
-  it; one cancelled after that just does not see the answer (the message may be stored).
+* Cancellation: a send cancelled before its flight was taken is dropped from it; one
+  cancelled after that just does not see the answer (the message may be stored).
   The drain tasks run in the producer's task group under its guard: only closing the
   producer cancels them, and then every send still waiting fails with ConnectionClosed.
 """
@@ -49,36 +50,44 @@ DEFAULT_BATCH_MAX_BYTES: Final = 1024 * 1024
 
 @final
 class _Waiter:
-    """One send waiting in a lane."""
+    """One send waiting in a lane, as part of a flight."""
 
-    __slots__ = ("abandoned", "done", "draft", "error", "result", "taken", "unique_id")
+    __slots__ = ("abandoned", "draft", "error", "result", "unique_id")
 
     def __init__(self, draft: bytes, unique_id: str) -> None:
         self.draft = draft
         self.unique_id = unique_id
-        self.done = anyio.Event()
         self.result: SendResult | None = None
         self.error: BaseException | None = None
-        self.taken = False
-        """Handed to a request: the send can no longer be withdrawn."""
         self.abandoned = False
-        """Cancelled before being taken: the drain skips it."""
+        """Cancelled before its flight was taken: the drain skips it."""
 
-    def succeed(self, result: SendResult) -> None:
-        self.result = result
-        self.done.set()
 
-    def fail(self, error: BaseException) -> None:
-        self.error = error
+@final
+class _Flight:
+    """The sends that will go out together as one request, and the one event that tells
+    them all it is answered (one event per request, not per send: an event costs several
+    microseconds, which at 30 sends a request was a fifth of a send's cost)."""
+
+    __slots__ = ("done", "size", "taken", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: list[_Waiter] = []
+        self.size = 0
+        self.taken = False
+        """Handed to a request: its sends can no longer be withdrawn."""
+        self.done = anyio.Event()
+
+    def finish(self) -> None:
         self.done.set()
 
 
 @final
 class _Lane:
-    __slots__ = ("pending",)
+    __slots__ = ("flights",)
 
     def __init__(self) -> None:
-        self.pending: deque[_Waiter] = deque()
+        self.flights: deque[_Flight] = deque()
 
 
 @final
@@ -111,11 +120,18 @@ class SendBatcher:
             lane = self._lanes[target] = _Lane()
             task_group.start_soon(self._drain, target, lane,
                                   name=f"tidemq.producer.lane {target}")
-        lane.pending.append(waiter)
+        flights = lane.flights
+        flight = flights[-1] if flights else None
+        if flight is None or flight.taken or len(flight.waiters) >= self._max_messages or \
+                (flight.waiters and flight.size + len(draft) > self._max_bytes):
+            flight = _Flight()
+            flights.append(flight)
+        flight.waiters.append(waiter)
+        flight.size += len(draft)
         try:
-            await waiter.done.wait()
+            await flight.done.wait()
         except BaseException:
-            if not waiter.taken:
+            if not flight.taken:
                 waiter.abandoned = True
             raise
         if waiter.error is not None:
@@ -125,42 +141,29 @@ class SendBatcher:
 
     async def _drain(self, target: MessageQueue, lane: _Lane) -> None:
         """Send what the lane holds, one request at a time, until it is empty."""
-        batch: list[_Waiter] = []
+        flight: _Flight | None = None
         try:
             with self._owned.guard():
-                while lane.pending:
-                    batch = self._take(lane)
+                while lane.flights:
+                    flight = lane.flights.popleft()
+                    flight.taken = True
+                    batch = [w for w in flight.waiters if not w.abandoned]
                     if batch:
                         await self._flush(target, batch)
-                    batch = []
+                    flight.finish()
+                    flight = None
         finally:
             # No await between the last emptiness check and here: a send arriving later
             # finds no lane and starts a new drain.
             if self._lanes.get(target) is lane:
                 del self._lanes[target]
             closed = ConnectionClosed("the producer was closed before the broker answered")
-            for waiter in (*batch, *lane.pending):
-                if not waiter.done.is_set():
-                    waiter.fail(closed)
-            lane.pending.clear()
-
-    def _take(self, lane: _Lane) -> list[_Waiter]:
-        """The next request's waiters, oldest first (at least one if any is pending)."""
-        batch: list[_Waiter] = []
-        size = 0
-        pending = lane.pending
-        while pending and len(batch) < self._max_messages:
-            waiter = pending[0]
-            if waiter.abandoned:
-                pending.popleft()
-                continue
-            if batch and size + len(waiter.draft) > self._max_bytes:
-                break
-            pending.popleft()
-            waiter.taken = True
-            size += len(waiter.draft)
-            batch.append(waiter)
-        return batch
+            for unanswered in ((flight,) if flight is not None else ()) + tuple(lane.flights):
+                for waiter in unanswered.waiters:
+                    if waiter.result is None and waiter.error is None:
+                        waiter.error = closed
+                unanswered.finish()
+            lane.flights.clear()
 
     async def _flush(self, target: MessageQueue, batch: list[_Waiter]) -> None:
         """One request for ``batch``; every waiter of it gets its result or the error."""
@@ -177,17 +180,17 @@ class SendBatcher:
                                    [waiter.unique_id for waiter in batch])
         except MessageIllegal as error:
             if len(batch) == 1:
-                batch[0].fail(error)
+                batch[0].error = error
                 return
             for waiter in batch:  # find the illegal one(s): one request each, in order
                 await self._flush(target, [waiter])
             return
         except Exception as error:  # each waiter raises it as its own
             for waiter in batch:
-                waiter.fail(error)
+                waiter.error = error
             return
         for waiter, result in zip(batch, results, strict=True):
-            waiter.succeed(result)
+            waiter.result = result
 
 
 def send_results(topic: str, broker: str, response: Response, unique_ids: list[str]

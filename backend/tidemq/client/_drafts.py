@@ -18,12 +18,7 @@ from typing import Final
 
 from tidemq.client._message import SYSTEM_PROPERTIES
 from tidemq.errors import InvalidArgument, MessageIllegal
-from tidemq.protocol.record import (
-    KEY_SEPARATOR,
-    PROPERTY_KEYS,
-    PROPERTY_UNIQUE_ID,
-    encode_draft,
-)
+from tidemq.protocol.record import KEY_SEPARATOR, PROPERTY_KEYS, DraftTemplate
 
 _TAG: Final = re.compile(r"^[^|\s]+$")
 
@@ -81,6 +76,35 @@ def check_spec(spec: DraftSpec) -> dict[str, str]:
     return properties
 
 
+def draft_template(topic: str, spec: DraftSpec) -> DraftTemplate:
+    """The template every message of ``spec`` to ``topic`` is encoded with. Raises
+    InvalidArgument (bad tag, key or property) or MessageIllegal (bad topic length)."""
+    return DraftTemplate(topic, check_spec(spec), tag=spec.tag)
+
+
+TEMPLATES_CACHED_MAX: Final = 1024
+
+
+class DraftTemplates:
+    """A producer's templates by (topic, tag, keys), for sends without user properties
+    (the common case; a send with properties builds its own)."""
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[str, str | None, tuple[str, ...]], DraftTemplate] = {}
+
+    def get(self, topic: str, spec: DraftSpec) -> DraftTemplate:
+        if spec.properties:
+            return draft_template(topic, spec)
+        key = (topic, spec.tag, spec.keys)
+        template = self._templates.get(key)
+        if template is None:
+            template = draft_template(topic, spec)  # validates: only good specs are kept
+            if len(self._templates) >= TEMPLATES_CACHED_MAX:
+                self._templates.clear()
+            self._templates[key] = template
+        return template
+
+
 def build_drafts(
     topic: str,
     bodies: Sequence[bytes],
@@ -88,14 +112,17 @@ def build_drafts(
     *,
     born_timestamp_ms: int,
     max_message_size_bytes: int,
+    template: DraftTemplate | None = None,
 ) -> tuple[bytes, list[str]]:
-    """The send body (drafts back to back) and each message's unique id.
+    """The send body (drafts back to back) and each message's unique id. ``template``
+    (``DraftTemplates.get``) saves validating and encoding what the messages share.
 
     Raises:
         InvalidArgument: a bad tag, key or property; a body that is not bytes.
         MessageIllegal: a body over ``max_message_size_bytes``; a bad topic length.
     """
-    base = check_spec(spec)
+    if template is None:
+        template = draft_template(topic, spec)
     drafts: list[bytes] = []
     unique_ids: list[str] = []
     for body in bodies:
@@ -104,10 +131,8 @@ def build_drafts(
         if len(body) > max_message_size_bytes:
             raise MessageIllegal(f"a body of {len(body)} bytes is over the producer's limit "
                                  f"of {max_message_size_bytes}")
-        unique_id = next_unique_id()
-        properties = dict(base)
-        properties[PROPERTY_UNIQUE_ID] = unique_id
-        drafts.append(encode_draft(topic, bytes(body), properties, tag=spec.tag,
-                                   born_timestamp_ms=born_timestamp_ms))
+        unique_id = _UNIQUE_IDS.next()
+        drafts.append(template.encode(body if type(body) is bytes else bytes(body),
+                                      unique_id, born_timestamp_ms))
         unique_ids.append(unique_id)
-    return b"".join(drafts), unique_ids
+    return drafts[0] if len(drafts) == 1 else b"".join(drafts), unique_ids

@@ -46,9 +46,11 @@ SYSTEM_PROPERTIES: Final = FIELD_PROPERTIES | {PROPERTY_ORIGIN_TOPIC, PROPERTY_O
 them from ``Message.properties``; an admin query shows ORIGIN_* as stored."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SendResult:
-    """A stored message: where it is and how to find it again."""
+    """A stored message: where it is and how to find it again. (Not frozen: a frozen
+    dataclass's ``__init__`` costs twice as much, and one is built per message sent; treat
+    it as a value all the same.)"""
 
     msg_id: str
     """The broker's offset-based id (``Admin.get_message`` finds the message by it)."""

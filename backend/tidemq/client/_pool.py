@@ -119,7 +119,17 @@ class BrokerPool:
 
     def is_down(self, address: str) -> bool:
         until = self._down_until_s.get(address)
-        return until is not None and anyio.current_time() < until
+        if until is None:
+            return False
+        if anyio.current_time() < until:
+            return True
+        del self._down_until_s[address]  # the down period is over
+        return False
+
+    def any_down(self) -> bool:
+        """Whether some address was marked down and has not been dialled again since (a
+        cheap test that lets the common case skip per-queue checks)."""
+        return bool(self._down_until_s)
 
     def mark_down(self, address: str) -> None:
         self._down_until_s[address] = anyio.current_time() + self._down_for_s

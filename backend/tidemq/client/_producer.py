@@ -55,13 +55,14 @@ from tidemq.client._batcher import (
     SendBatcher,
     send_results,
 )
-from tidemq.client._drafts import DraftSpec, build_drafts
+from tidemq.client._drafts import DraftSpec, DraftTemplates, build_drafts
 from tidemq.client._ids import default_client_id
 from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._message import SendResult
 from tidemq.client._namesrv import parse_namesrv, route_source
 from tidemq.client._pool import BrokerPool, check_brokers
 from tidemq.client._routes import MessageQueue, RouteCache, TopicRoute
+from tidemq.client._window import InFlightWindow
 from tidemq.common.clock import Clock, SystemClock
 from tidemq.common.crc import crc32c
 from tidemq.common.units import MIB
@@ -137,7 +138,8 @@ class Producer:
                                     request_timeout_ms=send_timeout_ms)
         self._routes = RouteCache(self._source.route, ttl_ms=route_ttl_ms)
         self._round_robin: dict[str, int] = {}
-        self._in_flight: anyio.Semaphore | None = None
+        self._templates = DraftTemplates()
+        self._in_flight: InFlightWindow | None = None
         self._oneway_brokers: set[str] = set()
         self._owned = OwnedTaskGroup()
         self._batcher: SendBatcher | None = None
@@ -151,7 +153,7 @@ class Producer:
         await self._owned.enter()
         self._pool.bind(self._owned)
         self._source.bind(self._owned)
-        self._in_flight = anyio.Semaphore(self._max_in_flight)
+        self._in_flight = InFlightWindow(self._max_in_flight)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -202,7 +204,8 @@ class Producer:
             NoPermission, FlushTimeout, DiskFull, SystemBusy, ConnectionClosed,
             RequestTimeout: the broker's answer, after retries where retryable.
         """
-        spec = DraftSpec(tag=tag, keys=_keys(key, keys), properties=properties or {})
+        spec = _PLAIN_SPEC if tag is None and key is None and not keys and not properties \
+            else DraftSpec(tag=tag, keys=_keys(key, keys), properties=properties or {})
         results = await self._send(topic, [body], spec, sharding_key,
                                    RequestCode.SEND_MESSAGE)
         return results[0]
@@ -263,14 +266,19 @@ class Producer:
         drafts, unique_ids = self._drafts(topic, bodies, spec)
         semaphore = self._require_open()
         async with semaphore:
-            route = await self._routes.get(topic)
+            route = self._routes.cached(topic) or await self._routes.get(topic)
             failed: set[str] = set()
             refreshed = False
             attempt = 0
+            batcher = self._batcher if code is RequestCode.SEND_MESSAGE else None
             while True:
                 target = self._choose(route, sharding_key, failed)
                 try:
-                    results = await self._attempt(topic, target, code, drafts, unique_ids)
+                    if batcher is not None:  # a lone message: shares a request (_batcher)
+                        results = [await batcher.send(target, drafts, unique_ids[0])]
+                    else:
+                        results = await self._request(topic, target, code, drafts,
+                                                      unique_ids)
                 except ROUTE_STALE_ERRORS:
                     if refreshed or not route.exists:
                         raise
@@ -293,11 +301,9 @@ class Producer:
                     self._routes.invalidate(topic)  # created, perhaps: learn its queues
                 return results
 
-    async def _attempt(self, topic: str, target: MessageQueue, code: RequestCode,
+    async def _request(self, topic: str, target: MessageQueue, code: RequestCode,
                        drafts: bytes, unique_ids: list[str]) -> list[SendResult]:
-        """One try of a send: a lone message through the batcher, else its own request."""
-        if self._batcher is not None and code is RequestCode.SEND_MESSAGE:
-            return [await self._batcher.send(target, drafts, unique_ids[0])]
+        """One try of a send as a request of its own."""
         response = await self._pool.call(target.broker, code, self._fields(topic, target),
                                           drafts, timeout_ms=self._send_timeout_ms)
         return send_results(topic, target.broker, response, unique_ids)
@@ -305,6 +311,7 @@ class Producer:
     def _drafts(self, topic: str, bodies: list[bytes], spec: DraftSpec
                 ) -> tuple[bytes, list[str]]:
         return build_drafts(topic, bodies, spec, born_timestamp_ms=self._clock.now_ms(),
+                            template=self._templates.get(topic, spec),
                             max_message_size_bytes=self._max_message_size_bytes)
 
     def _fields(self, topic: str, target: MessageQueue) -> dict[str, str | int]:
@@ -327,6 +334,8 @@ class Producer:
                                 _NO_QUEUE)
         if sharding_key is not None:
             return queues[crc32c(sharding_key.encode()) % len(queues)]
+        if not failed and not self._pool.any_down():
+            return queues[self._next(route.topic) % len(queues)]
         usable = [q for q in queues if q.broker not in failed and not self._pool.is_down(q.broker)]
         candidates = usable or [q for q in queues if q.broker not in failed] or list(queues)
         return candidates[self._next(route.topic) % len(candidates)]
@@ -336,10 +345,14 @@ class Producer:
         self._round_robin[topic] = position
         return position
 
-    def _require_open(self) -> anyio.Semaphore:
+    def _require_open(self) -> InFlightWindow:
         if self._in_flight is None:
             raise RuntimeError("use 'async with Producer(...)' before sending")
         return self._in_flight
+
+
+_PLAIN_SPEC: Final = DraftSpec(tag=None, keys=(), properties={})
+"""The spec of a send with no tag, key or property (built once, not per send)."""
 
 
 def _keys(key: str | None, keys: Sequence[str]) -> tuple[str, ...]:

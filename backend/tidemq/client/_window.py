@@ -1,0 +1,54 @@
+"""The producer's bounded in-flight window: at most ``size`` sends at once.
+
+Like a semaphore, but free of charge while there is room: taking a slot is a counter
+decrement with no scheduling (``anyio.Semaphore`` yields to the scheduler on every acquire,
+a few microseconds a send). When the window is full, a send waits in FIFO order and the
+slot is handed to it directly on release. A send cancelled while waiting gives back a slot
+it was handed at the same moment, so none is lost.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from types import TracebackType
+from typing import final
+
+import anyio
+
+
+@final
+class InFlightWindow:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._waiting: deque[anyio.Event] = deque()
+
+    async def __aenter__(self) -> None:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+            return
+        handed = anyio.Event()
+        self._waiting.append(handed)
+        try:
+            await handed.wait()
+        except BaseException:
+            if handed.is_set():  # a slot arrived as we were cancelled: pass it on
+                self._release()
+            else:
+                self._waiting.remove(handed)
+            raise
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc_value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._waiting:
+            self._waiting.popleft().set()  # the slot goes straight to the next sender
+        else:
+            self.free += 1
+
+    @property
+    def in_use(self) -> int:
+        return self.size - self.free
