@@ -107,3 +107,16 @@ async def test_next_segment_is_prepared_ahead_of_need(tmp_path: Path) -> None:
             await service.put_batch("orders", 0, [encode_draft("orders", body)] * 10)
         assert store.log.segments.segments[1] is prepared  # adopted, not created inline
         nursery.cancel_scope.cancel()
+
+
+async def test_no_segment_is_prepared_before_the_active_one_is_half_full(
+        tmp_path: Path) -> None:
+    store = MessageStore(small_config(tmp_path))
+    service = StoreService(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await service.put_batch("orders", 0, [encode_draft("orders", bytes(1000))] * 10)
+        await trio.sleep(0.2)  # time for a preparer thread, were one started
+        assert store.log.segments._prepared is None  # a fresh broker populates nothing ahead
+        assert store.log.segments.segments[0].start == 0  # made inline, unpopulated
+        nursery.cancel_scope.cancel()

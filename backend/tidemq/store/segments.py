@@ -104,8 +104,10 @@ class SegmentQueue:
             else:
                 if prepared is not None:
                     prepared.destroy()
+                # Not prepared ahead (a fresh store, or a burst outran the preparer): no
+                # populate here, on the caller's thread; pages fault in as they are written.
                 segment = MappedFile(self._path(start), start, self.segment_size,
-                                     create=True)
+                                     create=True, populate=False)
             self.segments.append(segment)
             self._starts.append(start)
         return segment
