@@ -93,6 +93,16 @@ class MappedFile:
     def references(self) -> int:
         return self._references
 
+    def populate(self, begin: int, length: int) -> bool:
+        """Fill the page tables of bytes [begin, begin + length) (blocking: a worker
+        thread). Holds the segment's lock meanwhile, so a close waits for this chunk
+        rather than unmapping under it. Returns False once the segment is closed."""
+        with self._lock:
+            if self._closed or self._destroy_requested:
+                return False
+            populate_pages(self.map, length, begin)
+            return True
+
     # -- I/O ----------------------------------------------------------------------------
     def sync(self) -> None:
         """fdatasync the file (blocking: call it from a worker thread). On Linux this writes
@@ -144,7 +154,7 @@ _MADVISE: Final = _load_madvise()
 _MADV_POPULATE_READ: Final = 22  # Linux 5.14+
 
 
-def populate_pages(mapped: mmap.mmap, size: int) -> None:
+def populate_pages(mapped: mmap.mmap, size: int, begin: int = 0) -> None:
     """Fill the page tables of a new mapping ahead of use.
 
     ``MAP_POPULATE`` would do it inside the ``mmap`` call, which holds the GIL for the whole
@@ -154,7 +164,7 @@ def populate_pages(mapped: mmap.mmap, size: int) -> None:
     """
     if _MADVISE is None:
         return
-    window = (ctypes.c_char * size).from_buffer(mapped)
+    window = (ctypes.c_char * size).from_buffer(mapped, begin)
     try:
         _MADVISE(ctypes.addressof(window), size, _MADV_POPULATE_READ)
     finally:

@@ -57,7 +57,10 @@ def collect_records(log: CommitLog, queue: ConsumeQueue, offset: int, max_count:
             if segment is None or not segment.start <= commit_offset < segment.end:
                 if run_start >= 0 and segment is not None:
                     parts.append(segment.map[run_start:run_end])
-                    run_start = -1
+                # Both ends reset: a run in the new segment must never continue the old
+                # one's (a record at the same relative position would otherwise extend a
+                # run that starts at -1).
+                run_start = run_end = -1
                 segment = log.segments.find(commit_offset)
                 if segment is None:
                     next_offset += 1

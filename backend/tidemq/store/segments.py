@@ -24,6 +24,8 @@ from tidemq.store.files import store_error
 from tidemq.store.mapped_file import MappedFile
 
 _NAME: Final = re.compile(r"^\d{20}$")
+POPULATE_CHUNK_BYTES: Final = 64 * 1024 * 1024
+"""A close or a writer adopting the segment waits at most for one chunk's populate."""
 
 
 def segment_name(start: int) -> str:
@@ -120,7 +122,14 @@ class SegmentQueue:
             prepared.start == self.segments[-1].end
 
     def prepare_next(self) -> None:
-        """Preallocate and map the segment after the last one (blocking: run in a thread).
+        """Preallocate, map and populate the segment after the last one (blocking: run in
+        a thread).
+
+        The file is made under the preparation lock; its pages are populated afterwards,
+        ``POPULATE_CHUNK_BYTES`` at a time, outside it. So a writer that reaches the end of
+        the active segment meanwhile adopts the prepared segment at once (waiting at most
+        for the file to be made), and the rest of the populate goes on under it, harmless:
+        populating only prefaults pages, it never changes their bytes.
 
         Raises:
             DiskFull: no room; the next ``create`` will try again.
@@ -132,7 +141,12 @@ class SegmentQueue:
             path = self._path(start)
             if os.path.exists(path):
                 return
-            self._prepared = MappedFile(path, start, self.segment_size, create=True)
+            segment = self._prepared = MappedFile(path, start, self.segment_size,
+                                                  create=True, populate=False)
+        for begin in range(0, self.segment_size, POPULATE_CHUNK_BYTES):
+            if not segment.populate(begin, min(POPULATE_CHUNK_BYTES,
+                                               self.segment_size - begin)):
+                return  # closed or destroyed meanwhile
 
     def drop_front(self, count: int) -> list[MappedFile]:
         """Remove the first ``count`` segments from the queue and destroy them."""

@@ -215,3 +215,27 @@ def test_first_batch_of_a_queue_larger_than_a_consume_queue_segment(tmp_path: Pa
         check_store(store)
     finally:
         store.close()
+
+
+def test_a_read_across_segments_where_positions_line_up(store: MessageStore) -> None:
+    # A queue's record ends at relative position P in one segment and its next record starts
+    # at P in the next: the read must not join them as one run (it once did, and returned
+    # garbage for the second segment's part).
+    def draft(topic: str, fill: int) -> bytes:
+        return encode_draft(topic, bytes([fill]) * 1000)
+
+    size = len(draft("aaaa", 0))
+    assert size == len(draft("xxxx", 0))
+    store.put_batch("aaaa", 0, [draft("aaaa", 1)] * 3)
+    store.put_batch("xxxx", 0, [draft("xxxx", 7)])  # relative [3 * size, 4 * size)
+    for _ in range(store.log.segment_size // size + 1):  # until the roll
+        if len(store.log.segments.segments) > 1:
+            break
+        store.put_batch("aaaa", 0, [draft("aaaa", 1)])
+    assert store.log.write_offset - store.log.segments.last.start == size  # one in the new
+    store.put_batch("aaaa", 0, [draft("aaaa", 1)] * 3)
+    store.put_batch("xxxx", 0, [draft("xxxx", 8)])  # relative [4 * size, 5 * size)
+    result = store.get_messages("xxxx", 0, 0, max_count=10)
+    records = list(iter_records(result.data))
+    assert result.count == 2
+    assert [r.body for r in records] == [bytes([7]) * 1000, bytes([8]) * 1000]
