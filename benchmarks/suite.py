@@ -344,6 +344,25 @@ def run_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def render_from_json(args: argparse.Namespace) -> int:
+    """The PNG and the Markdown section again, from a run's JSON file (no measuring)."""
+    with open(args.from_json, encoding="utf-8") as file:
+        document = json.load(file)
+    results = Results(Result.from_json(line) for line in document["results"])
+    syncs = {key: SyncCount(key, value["calls"], value["acked"], value["in_flight"],
+                            value["by_call"]) for key, value in document["syncs"].items()}
+    args.json = args.from_json
+    from peers.plot import plot
+
+    plot(results, args.png, title=f"TideMQ and peers ({document['kind']} run, "
+                                  f"{document['machine']['date_utc']})")
+    section = render_section(document, results, syncs, args)
+    print(section)
+    if args.doc:
+        replace_section(args.doc, document["kind"], section)
+    return 0
+
+
 def describe(result: Result) -> str:
     if result.error:
         return f"{result.system} {result.workload}: ERROR {result.error}"
@@ -450,6 +469,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dir", default=".", help="where servers keep their data")
     parser.add_argument("--json", help="default docs/bench/peers[-quick].json")
     parser.add_argument("--png", help="default docs/bench/peers[-quick].png")
+    parser.add_argument("--from-json", metavar="FILE",
+                        help="only draw the PNG and write the section from a run's JSON")
     parser.add_argument("--doc", default=os.path.join(REPO, "docs", "benchmarks.md"),
                         help="Markdown file to write the section into ('' for none)")
     args = parser.parse_args(argv)
@@ -459,6 +480,8 @@ def main(argv: list[str]) -> int:
     args.json = args.json or os.path.join(REPO, "docs", "bench", f"peers{suffix}.json")
     args.png = args.png or os.path.join(REPO, "docs", "bench", f"peers{suffix}.png")
     args.command_line = shlex.join(["python", "benchmarks/suite.py", *argv])
+    if args.from_json:
+        return render_from_json(args)
     _stop_on_sigterm()
     return run_suite(args)
 

@@ -27,9 +27,12 @@ def plot(results: Results, path: str, *, title: str) -> None:
                       fontsize=6, rotation=90, padding=2)
     top.set_xticks(range(len(workloads)), workloads)
     top.set_yscale("log")
+    highest = max((r.msg_per_s for s in systems for w in workloads
+                   if (r := results.get(s, w))), default=1.0)
+    top.set_ylim(top=highest * 12)  # room for the legend above the bars
     top.set_ylabel("messages/s (log scale)")
     top.set_title("Throughput (W1, W2, W5, W6; -batch: TideMQ send_batch)")
-    top.legend(fontsize=7, ncol=2)
+    top.legend(fontsize=7, ncol=4, loc="upper center")
     top.grid(axis="y", alpha=0.3)
 
     latency_systems = [s for s in systems if results.get(s, "W3")]
@@ -52,7 +55,10 @@ def plot(results: Results, path: str, *, title: str) -> None:
     bottom.set_ylabel("ms (log scale)")
     rate = next((r.rate_per_s for s in latency_systems if (r := results.get(s, "W3"))), None)
     bottom.set_title(f"W3 end-to-end latency at {rate} msg/s")
-    bottom.legend(fontsize=7)
+    bottom.set_ylim(top=max((v for s in latency_systems
+                             if (r := results.get(s, "W3")) and (v := r.p999_ms)),
+                            default=1.0) * 4)
+    bottom.legend(fontsize=7, ncol=3, loc="upper center")
     bottom.grid(axis="y", alpha=0.3)
     figure.suptitle(title)
     figure.tight_layout()
