@@ -50,6 +50,7 @@ class StoreConfig:
     retention_check_interval_ms: int = 10_000
     checkpoint_interval_ms: int = 1_000
     preallocate_next_segment: bool = True
+    zero_fill_segments: bool = True
 
     def __post_init__(self) -> None:
         _require(self.segment_size_bytes >= 64 * 1024, "store.segment_size_bytes", ">= 64KiB")

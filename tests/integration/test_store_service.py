@@ -118,5 +118,5 @@ async def test_no_segment_is_prepared_before_the_active_one_is_half_full(
         await service.put_batch("orders", 0, [encode_draft("orders", bytes(1000))] * 10)
         await trio.sleep(0.2)  # time for a preparer thread, were one started
         assert store.log.segments._prepared is None  # a fresh broker populates nothing ahead
-        assert store.log.segments.segments[0].start == 0  # made inline, unpopulated
+        assert store.log.segments.segments[0].start == 0  # made at start, then adopted
         nursery.cancel_scope.cancel()

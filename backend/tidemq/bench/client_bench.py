@@ -12,6 +12,7 @@ a monotonic timestamp written into each body by the sender (same host, same cloc
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -91,6 +92,10 @@ async def latency(broker: str, topic: str, rate_per_s: int, duration_s: float
             Producer(brokers=[broker]) as producer:
         await producer.send(topic, _STAMP.pack(0.0) + padding)  # warm-up, not a sample
         await trio.sleep(2)  # the consumer owns its queues and is long-polling
+        # What a latency-sensitive application does after start-up (docs/client.md): keep
+        # the start-up heap out of full collections, whose pauses are the latency tail.
+        gc.collect()
+        gc.freeze()
 
         async def receive() -> None:
             while len(samples_ms) < total:

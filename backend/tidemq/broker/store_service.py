@@ -50,6 +50,10 @@ class StoreService:
         """Open the store, serve until cancelled, then close it cleanly."""
         report = await trio.to_thread.run_sync(self.store.open)
         self._log_recovery(report)
+        if self.store.log.segments.empty and self.config.preallocate_next_segment:
+            # A fresh store: make its first segment before serving, the way later ones are
+            # made (zero-filled and populated), so early traffic meets no first-write stalls.
+            await trio.to_thread.run_sync(self.store.prepare_next_segment)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._flush_loop)
@@ -97,7 +101,8 @@ class StoreService:
         """
         log = self.store.log
         segments = log.segments
-        if segments.empty or segments.next_prepared:
+        if not self.config.preallocate_next_segment or segments.empty or \
+                segments.next_prepared:
             return False
         return log.write_offset - segments.last.start >= log.segment_size // 2
 

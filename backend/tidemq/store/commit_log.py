@@ -58,8 +58,8 @@ class AppendedBatch:
 @final
 class CommitLog:
     def __init__(self, directory: str, segment_size: int, max_message_size: int,
-                 store_host: bytes, store_port: int) -> None:
-        self.segments = SegmentQueue(directory, segment_size)
+                 store_host: bytes, store_port: int, *, zero_fill: bool = False) -> None:
+        self.segments = SegmentQueue(directory, segment_size, zero_fill_prepared=zero_fill)
         self.segment_size = segment_size
         self.max_message_size = max_message_size
         self.store_host = store_host

@@ -38,6 +38,31 @@ def preallocate(fd: int, size: int, path: str) -> None:
         raise store_error(error, "preallocating", path) from None
 
 
+_ZEROS = bytes(8 * 1024 * 1024)
+
+
+def zero_fill(fd: int, size: int, path: str) -> None:
+    """Write ``size`` zero bytes to ``fd`` and fdatasync them (blocking: a worker thread).
+
+    Unlike ``preallocate``, the blocks end up *written*, not "allocated, unwritten": on ext4
+    the first store into an unwritten block through a shared mapping converts the extent
+    under the journal, and that store can wait 20-30 ms for a journal commit (measured:
+    every ~1.4 s at 5 MB/s, the W3 latency tail). Writing zeros once moves that cost into
+    the preparer thread, ahead of need.
+
+    Raises:
+        DiskFull: no space (or the file-size limit) for ``size`` bytes.
+    """
+    try:
+        written = 0
+        while written < size:
+            written += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), size - written)],
+                                 written)
+        os.fdatasync(fd)
+    except OSError as error:
+        raise store_error(error, "zero-filling", path) from None
+
+
 def fsync_directory(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

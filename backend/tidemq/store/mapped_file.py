@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Final, cast, final
 
 from tidemq.errors import StoreError
-from tidemq.store.files import preallocate, store_error
+from tidemq.store.files import preallocate, store_error, zero_fill
 
 _ZERO_CHUNK: Final = bytes(1 << 20)
 
@@ -29,7 +29,7 @@ class MappedFile:
     """One segment: ``size`` bytes at ``path`` covering offsets [start, start + size)."""
 
     def __init__(self, path: str, start: int, size: int, *, create: bool,
-                 populate: bool | None = None) -> None:
+                 populate: bool | None = None, zero_filled: bool = False) -> None:
         self.path = path
         self.start = start
         self.size = size
@@ -42,7 +42,9 @@ class MappedFile:
             raise store_error(error, "opening", path) from None
         try:
             actual = os.fstat(self._fd).st_size
-            if create or actual < size:
+            if create and zero_filled:
+                zero_fill(self._fd, size, path)
+            elif create or actual < size:
                 self.short_by_bytes = 0 if create else size - actual
                 preallocate(self._fd, size, path)
             elif actual > size:

@@ -24,6 +24,7 @@ from tidemq.store.files import store_error
 from tidemq.store.mapped_file import MappedFile
 
 _NAME: Final = re.compile(r"^\d{20}$")
+_PREPARING: Final = ".preparing"
 POPULATE_CHUNK_BYTES: Final = 64 * 1024 * 1024
 """A close or a writer adopting the segment waits at most for one chunk's populate."""
 
@@ -36,9 +37,12 @@ def segment_name(start: int) -> str:
 class SegmentQueue:
     """Segments of ``segment_size`` bytes in ``directory``."""
 
-    def __init__(self, directory: str, segment_size: int) -> None:
+    def __init__(self, directory: str, segment_size: int, *,
+                 zero_fill_prepared: bool = False) -> None:
         self.directory = directory
         self.segment_size = segment_size
+        self.zero_fill_prepared = zero_fill_prepared
+        """Prepare segments by writing zeros (``files.zero_fill``) rather than fallocate."""
         self.segments: list[MappedFile] = []
         self._starts: list[int] = []
         self._prepared: MappedFile | None = None
@@ -49,7 +53,11 @@ class SegmentQueue:
         """Open the segments on disk. Records gaps in the sequence in ``self.gaps``."""
         try:
             os.makedirs(self.directory, exist_ok=True)
-            names = sorted(name for name in os.listdir(self.directory) if _NAME.match(name))
+            listing = os.listdir(self.directory)
+            for name in listing:  # a preparation a crash interrupted: never a segment yet
+                if name.endswith(_PREPARING):
+                    os.unlink(os.path.join(self.directory, name))
+            names = sorted(name for name in listing if _NAME.match(name))
         except OSError as error:
             raise store_error(error, "listing", self.directory) from None
         for name in names:
@@ -141,8 +149,30 @@ class SegmentQueue:
             path = self._path(start)
             if os.path.exists(path):
                 return
-            segment = self._prepared = MappedFile(path, start, self.segment_size,
-                                                  create=True, populate=False)
+            if not self.zero_fill_prepared:
+                segment = self._prepared = MappedFile(path, start, self.segment_size,
+                                                      create=True, populate=False)
+        if self.zero_fill_prepared:
+            # Written under a temporary name, outside the lock (it takes seconds per GiB),
+            # and published by a rename: a roll meanwhile creates the segment itself, and
+            # this one is dropped. Never adopted half-written: the zeros would land on
+            # records.
+            temporary = path + _PREPARING
+            _unlink_if_present(temporary)
+            made = MappedFile(temporary, start, self.segment_size, create=True,
+                              populate=False, zero_filled=True)
+            with self._prepare_lock:
+                current_end = self.segments[-1].end if self.segments else 0
+                if current_end != start or os.path.exists(path) or self._prepared is not None:
+                    made.destroy()
+                    return
+                try:
+                    os.rename(temporary, path)
+                except OSError as error:
+                    made.destroy()
+                    raise store_error(error, "publishing", path) from None
+                made.path = path
+                segment = self._prepared = made
         for begin in range(0, self.segment_size, POPULATE_CHUNK_BYTES):
             if not segment.populate(begin, min(POPULATE_CHUNK_BYTES,
                                                self.segment_size - begin)):
@@ -173,3 +203,10 @@ class SegmentQueue:
 
     def _path(self, start: int) -> str:
         return os.path.join(self.directory, segment_name(start))
+
+
+def _unlink_if_present(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

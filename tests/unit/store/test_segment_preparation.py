@@ -1,0 +1,51 @@
+"""Preparing commit-log segments ahead of need: zero-filled under a temporary name, then
+published by a rename and adopted by the roll; leftovers of a crash are removed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tidemq.store.segments import SegmentQueue, segment_name
+
+SIZE = 1024 * 1024
+
+
+def test_a_zero_filled_segment_is_published_and_adopted(tmp_path: Path) -> None:
+    queue = SegmentQueue(str(tmp_path), SIZE, zero_fill_prepared=True)
+    queue.load()
+    queue.prepare_next()
+    assert sorted(os.listdir(tmp_path)) == [segment_name(0)]  # no temporary name left
+    assert os.stat(tmp_path / segment_name(0)).st_size == SIZE
+    assert queue.next_prepared is False  # nothing to follow yet: it is the first segment
+    segment = queue.create(0)
+    assert segment.path == str(tmp_path / segment_name(0))
+    assert bytes(segment.map[:4096]) == bytes(4096)
+    segment.map[0:5] = b"hello"  # the adopted mapping is the published file
+    queue.prepare_next()  # the one after it
+    assert queue.next_prepared
+    queue.close()
+    with open(tmp_path / segment_name(0), "rb") as file:
+        assert file.read(5) == b"hello"
+
+
+def test_a_preparation_cut_short_by_a_crash_is_removed_at_load(tmp_path: Path) -> None:
+    leftover = tmp_path / (segment_name(SIZE) + ".preparing")
+    leftover.write_bytes(bytes(100))
+    queue = SegmentQueue(str(tmp_path), SIZE, zero_fill_prepared=True)
+    queue.load()
+    assert not leftover.exists()
+    assert queue.empty
+    queue.close()
+
+
+def test_a_segment_created_by_a_roll_wins_over_a_late_preparation(tmp_path: Path) -> None:
+    queue = SegmentQueue(str(tmp_path), SIZE, zero_fill_prepared=True)
+    queue.load()
+    first = queue.create(0)  # made inline: nothing was prepared
+    first.map[0:3] = b"abc"
+    queue.prepare_next()  # prepares the next one, never touches the first
+    assert queue.next_prepared
+    assert bytes(first.map[0:3]) == b"abc"
+    assert sorted(os.listdir(tmp_path)) == [segment_name(0), segment_name(SIZE)]
+    queue.close()
