@@ -107,6 +107,15 @@ class SendBatcher:
         self.requests = 0
         """Requests sent so far (for tests and statistics)."""
 
+    def has_open_flight(self, target: MessageQueue) -> bool:
+        """Whether a send to ``target`` now would join a request still being gathered."""
+        lane = self._lanes.get(target)
+        if lane is None or not lane.flights:
+            return False
+        flight = lane.flights[-1]
+        return not flight.taken and len(flight.waiters) < self._max_messages and \
+            flight.size < self._max_bytes
+
     async def send(self, target: MessageQueue, draft: bytes, unique_id: str) -> SendResult:
         """Send one draft to ``target`` with whatever else is waiting for that queue.
 

@@ -11,7 +11,12 @@ the drafts in one SEND_MESSAGE / SEND_BATCH request::
               +-- up to `retries` more attempts, then the last error is raised
 
 * Queue choice: round-robin over the topic's write queues (all brokers), skipping brokers
-  marked down; with ``sharding_key`` the queue is ``crc32c(key) % len(write queues)``, fixed
+  marked down. A single ``send()`` is *sticky*: while the request being gathered for the
+  queue it last chose is still open (not yet sent), it joins that request rather than
+  starting one on the next queue, as Kafka's sticky partitioner does; once that request
+  goes out, the next send moves on round-robin. Concurrent sends spread over many topics
+  and queues so still share requests, and queues even out over time. With
+  ``sharding_key`` the queue is ``crc32c(key) % len(write queues)``, fixed
   for the key as long as the topic's queue count is (retries go to the same queue, since
   moving would break the key's order). A topic no broker knows yet is sent with
   ``queue_id = -1`` (the broker picks, creating the topic when auto-creation is on); its
@@ -138,6 +143,8 @@ class Producer:
                                     request_timeout_ms=send_timeout_ms)
         self._routes = RouteCache(self._source.route, ttl_ms=route_ttl_ms)
         self._round_robin: dict[str, int] = {}
+        self._sticky: dict[str, MessageQueue] = {}
+        """The queue whose open request a topic's single sends join (see ``_choose``)."""
         self._templates = DraftTemplates()
         self._in_flight: InFlightWindow | None = None
         self._oneway_brokers: set[str] = set()
@@ -272,7 +279,8 @@ class Producer:
             attempt = 0
             batcher = self._batcher if code is RequestCode.SEND_MESSAGE else None
             while True:
-                target = self._choose(route, sharding_key, failed)
+                target = self._choose(route, sharding_key, failed,
+                                      sticky=batcher is not None)
                 try:
                     if batcher is not None:  # a lone message: shares a request (_batcher)
                         results = [await batcher.send(target, drafts, unique_ids[0])]
@@ -321,7 +329,7 @@ class Producer:
         return fields
 
     def _choose(self, route: TopicRoute, sharding_key: str | None,
-                failed: set[str]) -> MessageQueue:
+                failed: set[str], *, sticky: bool = False) -> MessageQueue:
         """The queue for the next attempt (see the module docstring)."""
         queues = route.write_queues
         if not queues:
@@ -335,6 +343,14 @@ class Producer:
         if sharding_key is not None:
             return queues[crc32c(sharding_key.encode()) % len(queues)]
         if not failed and not self._pool.any_down():
+            batcher = self._batcher
+            if batcher is not None and sticky:
+                current = self._sticky.get(route.topic)
+                if current is not None and batcher.has_open_flight(current):
+                    return current  # join the request being gathered (see the docstring)
+                chosen = queues[self._next(route.topic) % len(queues)]
+                self._sticky[route.topic] = chosen
+                return chosen
             return queues[self._next(route.topic) % len(queues)]
         usable = [q for q in queues if q.broker not in failed and not self._pool.is_down(q.broker)]
         candidates = usable or [q for q in queues if q.broker not in failed] or list(queues)

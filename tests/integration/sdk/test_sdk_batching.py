@@ -95,3 +95,26 @@ async def test_an_oversize_message_among_concurrent_sends_fails_alone(
     assert isinstance(outcomes.pop(10), MessageIllegal)
     assert sorted(r.queue_offset for r in outcomes.values()
                   if isinstance(r, SendResult)) == list(range(19))
+
+
+async def test_concurrent_sends_stick_to_one_queue_and_sequential_ones_rotate(
+        embedded_broker: EmbeddedBroker) -> None:
+    async with Admin(brokers=[embedded_broker.address]) as admin:
+        await admin.create_topic("spread", queue_count=8)
+    async with Producer(brokers=[embedded_broker.address]) as producer:
+        await producer.send("spread", b"warm-up")
+        assert producer._batcher is not None
+        before = producer._batcher.requests
+        results: list[SendResult] = []
+
+        async def send(index: int) -> None:
+            results.append(await producer.send("spread", b"m%d" % index))
+
+        async with trio.open_nursery() as nursery:  # started together: one request
+            for index in range(64):
+                nursery.start_soon(send, index)
+        assert producer._batcher.requests - before == 1
+        assert len({r.queue_id for r in results}) == 1
+        # one at a time, each request goes out alone: the queues take turns
+        sequential = [await producer.send("spread", b"s%d" % i) for i in range(16)]
+    assert sorted({r.queue_id for r in sequential}) == list(range(8))
