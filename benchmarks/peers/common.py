@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -198,3 +198,40 @@ def server_process(command: Sequence[str], *, log_path: str, trace_file: str | N
 
 def mb(messages: int, body_bytes: int, seconds: float) -> float:
     return messages * body_bytes / 1e6 / seconds if seconds else math.nan
+
+
+Workload = Callable[..., Awaitable[dict[str, Any]]]
+
+
+async def run_workloads(workloads: list[str], params: Params, emit: Callable[[Any], None], *,
+                        latency: Callable[[], Awaitable[dict[str, Any]]],
+                        produce: Workload, consume: Workload,
+                        batches: bool = False) -> None:
+    """The workloads asked for, in the suite's order, through one adapter's functions.
+
+    ``produce(workload, name, body_bytes=, messages=, **extra)`` and
+    ``consume(name, expected=)`` take the destination's short name (``w1``, ``w5``, ...),
+    which each adapter turns into its stream, key, queue or topic. W3 runs first, on a
+    fresh server: the throughput runs leave different amounts of dirty data behind, whose
+    writeback would land in the latency samples. ``batches``: the system also runs the
+    ``-batch`` rows (TideMQ's ``send_batch``).
+    """
+    if "W3" in workloads:
+        emit(await latency())
+    if "W1" in workloads or "W2" in workloads:
+        w1 = await produce("W1", "w1", body_bytes=params.body_bytes, messages=params.messages)
+        emit(w1)
+        if "W2" in workloads:
+            emit(await consume("w1", expected=w1["extra"]["stored"]))
+    if batches and "W1-batch" in workloads:
+        emit(await produce("W1-batch", "w1b", body_bytes=params.body_bytes,
+                           messages=params.messages, batch=params.batch))
+    if "W5" in workloads:
+        emit(await produce("W5", "w5", body_bytes=params.small_body_bytes,
+                           messages=params.small_messages))
+    if batches and "W5-batch" in workloads:
+        emit(await produce("W5-batch", "w5b", body_bytes=params.small_body_bytes,
+                           messages=params.small_messages, batch=params.batch))
+    if "W6" in workloads:
+        emit(await produce("W6", "w6", body_bytes=params.body_bytes, messages=params.messages,
+                           topics=params.topics, producers=params.producers))

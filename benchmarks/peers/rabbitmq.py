@@ -30,6 +30,7 @@ from peers.common import (
     free_port,
     percentiles,
     result,
+    run_workloads,
     server_process,
     wait_for_port,
 )
@@ -233,23 +234,11 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
 
 async def run(variant: str, address: str, workloads: list[str], params: Params,
               emit: Any) -> None:
-    # W3 first, on a fresh server: the throughput runs leave different amounts of
-    # dirty data behind (whose writeback would land in the latency samples).
-    if "W3" in workloads:
-        emit(await latency_workload(variant, address, params))
     kind = _queue_type(variant)
-    if "W1" in workloads or "W2" in workloads:
-        w1 = await produce_workload(variant, address, "W1", params, queue=f"w1-{kind}",
-                                    body_bytes=params.body_bytes, messages=params.messages)
-        emit(w1)
-        if "W2" in workloads:
-            emit(await consume_workload(variant, address, params, queue=f"w1-{kind}",
-                                        expected=w1["extra"]["stored"]))
-    if "W5" in workloads:
-        emit(await produce_workload(variant, address, "W5", params, queue=f"w5-{kind}",
-                                    body_bytes=params.small_body_bytes,
-                                    messages=params.small_messages))
-    if "W6" in workloads:
-        emit(await produce_workload(variant, address, "W6", params, queue=f"w6-{kind}",
-                                    body_bytes=params.body_bytes, messages=params.messages,
-                                    topics=params.topics, producers=params.producers))
+    await run_workloads(
+        workloads, params, emit,
+        latency=lambda: latency_workload(variant, address, params),
+        produce=lambda workload, name, **kw: produce_workload(
+            variant, address, workload, params, queue=f"{name}-{kind}", **kw),
+        consume=lambda name, **kw: consume_workload(variant, address, params,
+                                                    queue=f"{name}-{kind}", **kw))

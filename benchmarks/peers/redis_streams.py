@@ -27,6 +27,7 @@ from peers.common import (
     free_port,
     percentiles,
     result,
+    run_workloads,
     server_process,
     wait_for_port,
 )
@@ -194,22 +195,9 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
 
 async def run(variant: str, address: str, workloads: list[str], params: Params,
               emit: Any) -> None:
-    # W3 first, on a fresh server: the throughput runs leave different amounts of
-    # dirty data behind (whose writeback would land in the latency samples).
-    if "W3" in workloads:
-        emit(await latency_workload(variant, address, params))
-    if "W1" in workloads or "W2" in workloads:
-        w1 = await produce_workload(variant, address, "W1", params, key="w1",
-                                    body_bytes=params.body_bytes, messages=params.messages)
-        emit(w1)
-        if "W2" in workloads:
-            emit(await consume_workload(variant, address, params, key="w1",
-                                        expected=w1["extra"]["stored"]))
-    if "W5" in workloads:
-        emit(await produce_workload(variant, address, "W5", params, key="w5",
-                                    body_bytes=params.small_body_bytes,
-                                    messages=params.small_messages))
-    if "W6" in workloads:
-        emit(await produce_workload(variant, address, "W6", params, key="w6",
-                                    body_bytes=params.body_bytes, messages=params.messages,
-                                    topics=params.topics, producers=params.producers))
+    await run_workloads(
+        workloads, params, emit,
+        latency=lambda: latency_workload(variant, address, params),
+        produce=lambda workload, name, **kw: produce_workload(
+            variant, address, workload, params, key=name, **kw),
+        consume=lambda name, **kw: consume_workload(variant, address, params, key=name, **kw))

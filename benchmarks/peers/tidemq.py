@@ -23,7 +23,14 @@ from typing import Any
 
 import trio
 
-from peers.common import Params, cpu_since, cpu_snapshot, result, server_process
+from peers.common import (
+    Params,
+    cpu_since,
+    cpu_snapshot,
+    result,
+    run_workloads,
+    server_process,
+)
 from tidemq.bench.broker_process import broker_command
 from tidemq.bench.client_bench import latency as harness_latency
 from tidemq.client import Admin, Consumer, Producer
@@ -127,30 +134,9 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
 
 async def run(variant: str, address: str, workloads: list[str], params: Params,
               emit: Any) -> None:
-    # W3 first, on a fresh server: the throughput runs leave different amounts of
-    # dirty data behind (whose writeback would land in the latency samples).
-    if "W3" in workloads:
-        emit(await latency_workload(variant, address, params))
-    if "W1" in workloads or "W2" in workloads:
-        w1 = await produce_workload(variant, address, "W1", params, topic="w1",
-                                    body_bytes=params.body_bytes, messages=params.messages)
-        emit(w1)
-        if "W2" in workloads:
-            emit(await consume_workload(variant, address, params, topic="w1",
-                                        expected=w1["extra"]["stored"]))
-    if "W1-batch" in workloads:
-        emit(await produce_workload(variant, address, "W1-batch", params, topic="w1b",
-                                    body_bytes=params.body_bytes, messages=params.messages,
-                                    batch=params.batch))
-    if "W5" in workloads:
-        emit(await produce_workload(variant, address, "W5", params, topic="w5",
-                                    body_bytes=params.small_body_bytes,
-                                    messages=params.small_messages))
-    if "W5-batch" in workloads:
-        emit(await produce_workload(variant, address, "W5-batch", params, topic="w5b",
-                                    body_bytes=params.small_body_bytes,
-                                    messages=params.small_messages, batch=params.batch))
-    if "W6" in workloads:
-        emit(await produce_workload(variant, address, "W6", params, topic="w6",
-                                    body_bytes=params.body_bytes, messages=params.messages,
-                                    topics=params.topics, producers=params.producers))
+    await run_workloads(
+        workloads, params, emit, batches=True,
+        latency=lambda: latency_workload(variant, address, params),
+        produce=lambda workload, name, **kw: produce_workload(
+            variant, address, workload, params, topic=name, **kw),
+        consume=lambda name, **kw: consume_workload(variant, address, params, topic=name, **kw))
