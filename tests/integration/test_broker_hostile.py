@@ -7,8 +7,8 @@ import random
 import struct
 from pathlib import Path
 
-import msgpack
 import trio
+from hostile_wire import frame, hello, read_until_closed
 
 from tidemq.broker.node import Broker
 from tidemq.config import BrokerConfig, StoreConfig, TidemqConfig
@@ -17,31 +17,6 @@ from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.record import encode_draft, iter_records
 
 SEED = random.randrange(2**32)
-
-
-def frame(header: object, body: bytes = b"") -> bytes:
-    packed = msgpack.packb(header)
-    return struct.pack(">II", 4 + len(packed) + len(body), len(packed)) + packed + body
-
-
-def hello(opaque: int = 1) -> bytes:
-    return frame({"code": int(RequestCode.HELLO), "opaque": opaque, "flags": 0,
-                  "fields": {"version": 1, "client_id": "hostile"}})
-
-
-async def read_until_closed(stream: trio.SocketStream, limit_s: float) -> bytes:
-    """Everything the server sends until it closes (fails the test if it never does)."""
-    received = bytearray()
-    with trio.fail_after(limit_s):
-        while True:
-            try:
-                chunk = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return bytes(received)
-            if not chunk:
-                return bytes(received)
-            received += chunk
-
 
 def config(tmp_path: Path) -> TidemqConfig:
     return TidemqConfig(

@@ -8,9 +8,9 @@ import random
 import struct
 from typing import Any
 
-import msgpack
 import pytest
 import trio
+from hostile_wire import frame, hello, read_until_closed
 
 from tidemq.config import NameServerConfig, TidemqConfig
 from tidemq.errors import ErrorCode
@@ -19,30 +19,6 @@ from tidemq.net import connect
 from tidemq.protocol.codes import RequestCode
 
 SEED = random.randrange(2**32)
-
-
-def frame(header: object, body: bytes = b"") -> bytes:
-    packed = msgpack.packb(header)
-    return struct.pack(">II", 4 + len(packed) + len(body), len(packed)) + packed + body
-
-
-def hello(opaque: int = 1) -> bytes:
-    return frame({"code": int(RequestCode.HELLO), "opaque": opaque, "flags": 0,
-                  "fields": {"version": 1, "client_id": "hostile"}})
-
-
-async def read_until_closed(stream: trio.SocketStream, limit_s: float) -> bytes:
-    received = bytearray()
-    with trio.fail_after(limit_s):
-        while True:
-            try:
-                chunk = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return bytes(received)
-            if not chunk:
-                return bytes(received)
-            received += chunk
-
 
 def good_registration(address: str = "127.0.0.1:10911") -> dict[str, Any]:
     return {"cluster": "c", "group": "g", "address": address, "role": "leader", "epoch": 1,
