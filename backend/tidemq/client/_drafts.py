@@ -123,6 +123,13 @@ def build_drafts(
     """
     if template is None:
         template = draft_template(topic, spec)
+    if len(bodies) == 1 and type(bodies[0]) is bytes:  # a lone send(): the hot path
+        body = bodies[0]
+        if len(body) > max_message_size_bytes:
+            raise MessageIllegal(f"a body of {len(body)} bytes is over the producer's limit "
+                                 f"of {max_message_size_bytes}")
+        unique_id = _UNIQUE_IDS.next()
+        return template.encode(body, unique_id, born_timestamp_ms), [unique_id]
     drafts: list[bytes] = []
     unique_ids: list[str] = []
     for body in bodies:

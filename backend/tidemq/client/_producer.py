@@ -271,8 +271,10 @@ class Producer:
     async def _send(self, topic: str, bodies: list[bytes], spec: DraftSpec,
                     sharding_key: str | None, code: RequestCode) -> list[SendResult]:
         drafts, unique_ids = self._drafts(topic, bodies, spec)
-        semaphore = self._require_open()
-        async with semaphore:
+        window = self._require_open()
+        if not window.take_nowait():  # the common case costs no scheduling
+            await window.acquire()
+        try:
             route = self._routes.cached(topic) or await self._routes.get(topic)
             failed: set[str] = set()
             refreshed = False
@@ -308,6 +310,8 @@ class Producer:
                 if target.queue_id == _NO_QUEUE:
                     self._routes.invalidate(topic)  # created, perhaps: learn its queues
                 return results
+        finally:
+            window.release()
 
     async def _request(self, topic: str, target: MessageQueue, code: RequestCode,
                        drafts: bytes, unique_ids: list[str]) -> list[SendResult]:

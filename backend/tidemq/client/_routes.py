@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, final
 
 import anyio
@@ -37,6 +37,14 @@ class MessageQueue:
     topic: str
     broker: str
     queue_id: int
+    _hash: int = field(init=False, repr=False, compare=False)
+    """Computed once: a queue is a dict key on every send (lanes, sticky choice)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.topic, self.broker, self.queue_id)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)

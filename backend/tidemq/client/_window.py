@@ -23,17 +23,26 @@ class InFlightWindow:
         self.free = size
         self._waiting: deque[anyio.Event] = deque()
 
-    async def __aenter__(self) -> None:
+    def take_nowait(self) -> bool:
+        """Take a slot if one is free and nobody waits (no scheduling at all)."""
         if self.free > 0 and not self._waiting:
             self.free -= 1
-            return
+            return True
+        return False
+
+    async def __aenter__(self) -> None:
+        if not self.take_nowait():
+            await self.acquire()
+
+    async def acquire(self) -> None:
+        """Wait for a slot, in arrival order."""
         handed = anyio.Event()
         self._waiting.append(handed)
         try:
             await handed.wait()
         except BaseException:
             if handed.is_set():  # a slot arrived as we were cancelled: pass it on
-                self._release()
+                self.release()
             else:
                 self._waiting.remove(handed)
             raise
@@ -41,9 +50,9 @@ class InFlightWindow:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc_value: BaseException | None,
                         traceback: TracebackType | None) -> None:
-        self._release()
+        self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         if self._waiting:
             self._waiting.popleft().set()  # the slot goes straight to the next sender
         else:
