@@ -98,12 +98,10 @@ class Dispatcher:
         record's position in the batch to its keys, as ``ensure_room`` read them."""
         queue.put_batch(first_queue_offset, entries)
         if keys_by_record:
-            put = self.index.put
-            topic = queue.topic
-            for position, keys in keys_by_record.items():
-                commit_offset = entries[position][0]
-                for key in keys:
-                    put(index_key(topic, key), commit_offset, timestamp_ms)
+            prefix = queue.topic + "#"  # index_key(topic, key), inlined
+            self.index.put_many([(prefix + key, entries[position][0])
+                                 for position, keys in keys_by_record.items()
+                                 for key in keys], timestamp_ms)
         self.index.mark_indexed(end_offset)
         self.dispatched_offset = end_offset
 

@@ -111,6 +111,36 @@ class IndexFile:
         SLOT.pack_into(mapped, slot_position, self.entry_count)
         self.end_timestamp_ms = max(self.end_timestamp_ms, timestamp_ms)
 
+    def put_many(self, items: list[tuple[str, int]], timestamp_ms: int) -> None:
+        """``put`` for a batch stored at one time: the same entries, with the lookups and
+        struct methods bound once (the live path indexes a unique id per message)."""
+        if not items:
+            return
+        assert self.entry_count + len(items) <= self.entries_max
+        if self.entry_count == 0:
+            self.begin_timestamp_ms = timestamp_ms
+            self.begin_commit_offset = items[0][1]
+        delta_s = min(max(0, (timestamp_ms - self.begin_timestamp_ms) // 1000), 0xFFFFFFFF)
+        mapped = self.segment.map
+        slots = self.slots
+        slots_start = HEADER.size
+        entry_size = ENTRY.size
+        unpack_slot = SLOT.unpack_from
+        pack_slot = SLOT.pack_into
+        pack_entry = ENTRY.pack_into
+        position = self._entries_start + self.entry_count * entry_size
+        count = self.entry_count
+        for key, commit_offset in items:
+            hashed = crc32c(key.encode())
+            slot_position = slots_start + (hashed % slots) * 4
+            pack_entry(mapped, position, hashed, commit_offset, delta_s,
+                       unpack_slot(mapped, slot_position)[0])
+            position += entry_size
+            count += 1
+            pack_slot(mapped, slot_position, count)
+        self.entry_count = count
+        self.end_timestamp_ms = max(self.end_timestamp_ms, timestamp_ms)
+
     def mark_indexed(self, commit_offset_end: int) -> None:
         self.indexed_until = commit_offset_end
         self._write_header()
@@ -195,6 +225,11 @@ class KeyIndex:
     def put(self, key: str, commit_offset: int, timestamp_ms: int) -> None:
         """Index ``key`` -> ``commit_offset``. Raises DiskFull if a new file cannot be made."""
         self._writable(commit_offset).put(key, commit_offset, timestamp_ms)
+
+    def put_many(self, items: list[tuple[str, int]], timestamp_ms: int) -> None:
+        """Index a batch's keys (after ``ensure_room`` for them: they fit one file)."""
+        if items:
+            self._writable(items[0][1]).put_many(items, timestamp_ms)
 
     def ensure_room(self, count: int, commit_offset: int) -> None:
         """Make sure the next ``count`` entries fit (may start a new file)."""
