@@ -47,6 +47,7 @@ class SegmentQueue:
         self._starts: list[int] = []
         self._prepared: MappedFile | None = None
         self._prepare_lock = threading.Lock()  # prepare_next runs in a worker thread
+        self._closed = False
         self.gaps: list[tuple[int, int]] = []  # (expected start, found start) on load
 
     def load(self) -> None:
@@ -163,7 +164,8 @@ class SegmentQueue:
                               populate=False, zero_filled=True)
             with self._prepare_lock:
                 current_end = self.segments[-1].end if self.segments else 0
-                if current_end != start or os.path.exists(path) or self._prepared is not None:
+                if self._closed or current_end != start or os.path.exists(path) or \
+                        self._prepared is not None:
                     made.destroy()
                     return
                 try:
@@ -197,6 +199,7 @@ class SegmentQueue:
         for segment in self.segments:
             segment.close()
         with self._prepare_lock:
+            self._closed = True  # a preparation still zero-filling drops its file
             if self._prepared is not None:
                 self._prepared.destroy()
                 self._prepared = None

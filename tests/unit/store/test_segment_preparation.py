@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from tidemq.store import segments
+from tidemq.store.mapped_file import MappedFile
 from tidemq.store.segments import SegmentQueue, segment_name
 
 SIZE = 1024 * 1024
@@ -49,3 +54,20 @@ def test_a_segment_created_by_a_roll_wins_over_a_late_preparation(tmp_path: Path
     assert bytes(first.map[0:3]) == b"abc"
     assert sorted(os.listdir(tmp_path)) == [segment_name(0), segment_name(SIZE)]
     queue.close()
+
+
+def test_a_preparation_finishing_after_close_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    queue = SegmentQueue(str(tmp_path), SIZE, zero_fill_prepared=True)
+    queue.load()
+    queue.create(0)
+
+    def made_then_closed(*args: Any, **kwargs: Any) -> MappedFile:
+        made = MappedFile(*args, **kwargs)
+        if kwargs.get("zero_filled"):
+            queue.close()  # the store closes while the zeros were being written
+        return made
+
+    monkeypatch.setattr(segments, "MappedFile", made_then_closed)
+    queue.prepare_next()
+    assert sorted(os.listdir(tmp_path)) == [segment_name(0)]  # no segment, no temporary
