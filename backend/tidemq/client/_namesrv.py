@@ -114,9 +114,13 @@ class NameServerRoutes:
         return TopicRoute(topic, tuple(sorted(write)), tuple(sorted(read)))
 
     async def refresh_brokers(self) -> None:
-        """Point the broker pool at every broker group the name servers know."""
+        """Point the broker pool at every broker group the name servers know. An empty
+        answer (a name server that just restarted, before the brokers' next heartbeat)
+        keeps the brokers known so far rather than dropping them all."""
         view = await self.cluster_view()
-        self._brokers.set_addresses([*view.broker_addresses(), *self._seed_brokers])
+        known = view.broker_addresses()
+        if known or not self._brokers.addresses:
+            self._brokers.set_addresses([*known, *self._seed_brokers])
 
     async def cluster_view(self) -> routing.ClusterView:
         response = await self.call(RequestCode.GET_CLUSTER_INFO, {})
