@@ -145,3 +145,27 @@ async def test_clients_follow_a_chain_to_its_tail(tmp_path: Path) -> None:
             assert isinstance(routes, NameServerRoutes)
             assert tail in routes._namesrv.addresses  # learnt from the NOT_LEADER answer
         nursery.cancel_scope.cancel()
+
+
+async def test_an_empty_cluster_view_keeps_the_brokers_known(tmp_path: Path) -> None:
+    from tidemq.client._lifecycle import OwnedTaskGroup
+    from tidemq.client._pool import BrokerPool
+
+    async with trio.open_nursery() as nursery:
+        namesrv = await nursery.start(NameServer(TidemqConfig(
+            namesrv=NameServerConfig(port=0))).run)  # knows no broker (just restarted)
+        pool = BrokerPool((), client_id="t", connect_timeout_ms=1000,
+                          request_timeout_ms=1000, down_for_ms=1000)
+        pool.set_addresses(["127.0.0.1:10911"])  # learnt earlier
+        routes = NameServerRoutes((namesrv.address,), pool, client_id="t",
+                                  connect_timeout_ms=1000, request_timeout_ms=1000)
+        owned = OwnedTaskGroup()
+        await owned.enter()
+        pool.bind(owned)
+        routes.bind(owned)
+        await routes.refresh_brokers()
+        assert pool.addresses == ("127.0.0.1:10911",)
+        routes.close()
+        pool.close()
+        await owned.close()
+        nursery.cancel_scope.cancel()
