@@ -156,9 +156,9 @@ async def test_an_empty_cluster_view_keeps_the_brokers_known(tmp_path: Path) -> 
             namesrv=NameServerConfig(port=0))).run)  # knows no broker (just restarted)
         pool = BrokerPool((), client_id="t", connect_timeout_ms=1000,
                           request_timeout_ms=1000, down_for_ms=1000)
-        pool.set_addresses(["127.0.0.1:10911"])  # learnt earlier
         routes = NameServerRoutes((namesrv.address,), pool, client_id="t",
                                   connect_timeout_ms=1000, request_timeout_ms=1000)
+        pool.set_addresses(["127.0.0.1:10911"])  # learnt from an earlier refresh
         owned = OwnedTaskGroup()
         await owned.enter()
         pool.bind(owned)
