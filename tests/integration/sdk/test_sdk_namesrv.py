@@ -161,11 +161,13 @@ async def test_an_empty_cluster_view_keeps_the_brokers_known(tmp_path: Path) -> 
         pool.set_addresses(["127.0.0.1:10911"])  # learnt from an earlier refresh
         owned = OwnedTaskGroup()
         await owned.enter()
-        pool.bind(owned)
-        routes.bind(owned)
-        await routes.refresh_brokers()
+        try:
+            pool.bind(owned)
+            routes.bind(owned)
+            await routes.refresh_brokers()
+        finally:
+            routes.close()
+            pool.close()
+            await owned.close()
+            nursery.cancel_scope.cancel()
         assert pool.addresses == ("127.0.0.1:10911",)
-        routes.close()
-        pool.close()
-        await owned.close()
-        nursery.cancel_scope.cancel()
