@@ -144,7 +144,8 @@ class NameServer:
                 logger.info("eviction not applied here", extra={
                     "broker": address, "reason": reason, "remark": error.remark})
                 continue
-            logger.warning("broker evicted", extra={"broker": address, "reason": reason})
+            logger.warning("broker %s evicted (%s)", address, reason,
+                           extra={"broker": address, "reason": reason})
 
     async def _evict_silent(self) -> None:
         interval_s = self.config.eviction_check_interval_ms / 1000
