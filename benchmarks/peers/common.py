@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 STAMP_BYTES = 8  # a little-endian double (time.perf_counter) at the start of W3 bodies
+STAMP_FORMAT = struct.Struct("<d")
 SYNC_TRACE = "fsync,fdatasync,msync,sync_file_range,syncfs,sync"
 
 
@@ -235,3 +238,24 @@ async def run_workloads(workloads: list[str], params: Params, emit: Callable[[An
     if "W6" in workloads:
         emit(await produce("W6", "w6", body_bytes=params.body_bytes, messages=params.messages,
                            topics=params.topics, producers=params.producers))
+
+
+async def publish_at_rate(total: int, rate_per_s: int, padding: bytes,
+                          publish: Callable[[bytes], Awaitable[Any]]) -> float:
+    """W3's sender: ``total`` bodies at ``rate_per_s``, each starting with the
+    ``time.perf_counter()`` of its sending (a little-endian double), every publish in a task
+    of its own so a slow ack never delays the next send. Returns when all are acked;
+    the value is the start time (perf_counter)."""
+    stamp = STAMP_FORMAT.pack
+    tasks: set[asyncio.Task[Any]] = set()
+    start = time.perf_counter()
+    for sent in range(total):
+        delay = start + sent / rate_per_s - time.perf_counter()
+        if delay > 0.001:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(publish(stamp(time.perf_counter()) + padding))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+    return start

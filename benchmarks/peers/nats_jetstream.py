@@ -26,6 +26,7 @@ from peers.common import (
     cpu_snapshot,
     free_port,
     percentiles,
+    publish_at_rate,
     result,
     run_workloads,
     server_process,
@@ -164,18 +165,8 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
                                  pending_msgs_limit=100_000)
         await producer.publish("w3", _STAMP.pack(0.0) + padding)
         await asyncio.sleep(1)
-        tasks: set[asyncio.Task[Any]] = set()
-        start = time.perf_counter()
-        for sent in range(total):
-            delay = start + sent / params.latency_rate - time.perf_counter()
-            if delay > 0.001:
-                await asyncio.sleep(delay)
-            body = _STAMP.pack(time.perf_counter()) + padding
-            task = asyncio.ensure_future(producer.publish("w3", body))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
+        start = await publish_at_rate(total, params.latency_rate, padding,
+                                      lambda body: producer.publish("w3", body))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(finished.wait(), timeout=10)
         seconds = time.perf_counter() - start

@@ -29,6 +29,7 @@ from peers.common import (
     cpu_snapshot,
     free_port,
     percentiles,
+    publish_at_rate,
     result,
     run_workloads,
     server_process,
@@ -209,19 +210,11 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
         exchange = producer.default_exchange
         await exchange.publish(aio_pika.Message(_STAMP.pack(0.0) + padding), routing_key=queue)
         await asyncio.sleep(1)
-        tasks: set[asyncio.Task[Any]] = set()
-        start = time.perf_counter()
-        for sent in range(total):
-            delay = start + sent / params.latency_rate - time.perf_counter()
-            if delay > 0.001:
-                await asyncio.sleep(delay)
-            message = aio_pika.Message(_STAMP.pack(time.perf_counter()) + padding,
-                                       delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-            task = asyncio.ensure_future(exchange.publish(message, routing_key=queue))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
+        start = await publish_at_rate(
+            total, params.latency_rate, padding,
+            lambda body: exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=queue))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(finished.wait(), timeout=10)
         seconds = time.perf_counter() - start

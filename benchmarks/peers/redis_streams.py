@@ -26,6 +26,7 @@ from peers.common import (
     cpu_snapshot,
     free_port,
     percentiles,
+    publish_at_rate,
     result,
     run_workloads,
     server_process,
@@ -165,24 +166,9 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
                         samples.append((now - sent) * 1000)
                 await reader.xack(key, "w3", *[entry_id for entry_id, _ in entries])
 
-        async def send_at_rate() -> None:
-            tasks: set[asyncio.Task[Any]] = set()
-            begin = time.perf_counter()
-            for sent in range(total):
-                due = begin + sent / params.latency_rate
-                delay = due - time.perf_counter()
-                if delay > 0.001:
-                    await asyncio.sleep(delay)
-                body = _STAMP.pack(time.perf_counter()) + padding
-                task = asyncio.ensure_future(producer.xadd(key, {FIELD: body}))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
-
-        start = time.perf_counter()
         receiver = asyncio.ensure_future(receive())
-        await send_at_rate()
+        start = await publish_at_rate(total, params.latency_rate, padding,
+                                      lambda body: producer.xadd(key, {FIELD: body}))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(receiver, timeout=10)
         seconds = time.perf_counter() - start
