@@ -10,6 +10,7 @@ from tidemq.client import ConsumerClosed as ConsumerClosed
 from tidemq.client import GroupInfo as GroupInfo
 from tidemq.client import Message as Message
 from tidemq.client import MessageQueue as MessageQueue
+from tidemq.client import PendingSend as PendingSend
 from tidemq.client import Producer as Producer
 from tidemq.client import SendResult as SendResult
 from tidemq.client import TopicInfo as TopicInfo

@@ -262,7 +262,9 @@ def test_tag_property_sets_the_tag_hash() -> None:
 
 
 @given(draft_inputs(), st.dictionaries(st.text(max_size=12), st.text(max_size=30), max_size=20),
-       st.text(min_size=1, max_size=40))
+       st.one_of(st.text(min_size=1, max_size=40),  # 32 UTF-8 bytes take the fast layout
+                 st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),
+                 st.text(min_size=8, max_size=16).filter(lambda s: len(s.encode()) == 32)))
 def test_a_template_encodes_what_encode_draft_encodes(inputs: dict[str, object],
                                                        many_properties: dict[str, str],
                                                        unique_id: str) -> None:
@@ -283,3 +285,12 @@ def test_a_template_encodes_what_encode_draft_encodes(inputs: dict[str, object],
         born_timestamp_ms=born_ms, born_host=born_host, born_port=born_port), verify=False)
     assert fields_of(from_template) == fields_of(expected)
     assert from_template.properties[PROPERTY_UNIQUE_ID] == unique_id
+
+
+@pytest.mark.parametrize("unique_id", ["0123456789abcdef0123456789abcdef", "short-id"])
+def test_a_template_refuses_a_birth_time_out_of_range(unique_id: str) -> None:
+    template = DraftTemplate("orders", {"a": "b"}, tag="t")
+    with pytest.raises(MessageIllegal):
+        template.encode(b"body", unique_id, 2**64)
+    with pytest.raises(MessageIllegal):
+        template.encode(b"body", unique_id, -1)

@@ -1,7 +1,8 @@
 """Client workloads of DESIGN.md section 10 against a broker in its own process.
 
     W1 produce  1 KiB messages with acknowledgements, a bounded window of sends in flight
-                (``--in-flight`` concurrent senders); also with ``send_batch`` of 100
+                (``--in-flight``): ``submit()`` from one task (default), or ``--api send``:
+                that many tasks each awaiting ``send()``; also ``send_batch`` (``--batch``)
     W2 consume  the same messages read back from the start by one consumer, each acked
     W3 latency  end-to-end (send -> receive) at a fixed rate, p50 / p99 / p99.9
 
@@ -24,7 +25,7 @@ from typing import Any
 import trio
 
 from tidemq.bench.broker_process import broker_process
-from tidemq.client import Consumer, Producer
+from tidemq.client import Consumer, PendingSend, Producer
 
 BODY_BYTES = 1024
 _STAMP = struct.Struct("<d")
@@ -43,11 +44,32 @@ class ClientBenchResult:
 
 
 async def produce(broker: str, topic: str, messages: int, in_flight: int,
-                  batch: int) -> ClientBenchResult:
+                  batch: int, api: str = "submit") -> ClientBenchResult:
+    """W1. ``api``: ``submit`` (one task hands messages over, ``in_flight`` bounds what
+    is under way, every PendingSend's result is checked), ``send`` (``in_flight`` tasks
+    each awaiting ``send()``), or with ``batch`` > 1 ``send_batch`` from ``in_flight``
+    tasks."""
     body = os.urandom(BODY_BYTES)
-    per_sender = math.ceil(messages / in_flight / batch)
     async with Producer(brokers=[broker], max_in_flight=max(in_flight, 1)) as producer:
         await producer.send(topic, body)  # route warm-up (not timed)
+        if batch == 1 and api == "submit":
+            acked = 0
+
+            def count(pending: PendingSend) -> None:
+                nonlocal acked
+                pending.result()  # raises if the send failed
+                acked += 1
+
+            start = time.perf_counter()
+            for _ in range(messages):
+                (await producer.submit(topic, body)).add_done_callback(count)
+            await producer.flush()
+            seconds = time.perf_counter() - start
+            if acked != messages:
+                raise RuntimeError(f"{messages - acked} of {messages} sends failed")
+            return ClientBenchResult(f"W1 produce 1 KiB, submit(), {in_flight} in flight",
+                                     messages, seconds)
+        per_sender = math.ceil(messages / in_flight / batch)
 
         async def sender() -> None:
             for _ in range(per_sender):
@@ -61,8 +83,10 @@ async def produce(broker: str, topic: str, messages: int, in_flight: int,
             for _ in range(in_flight):
                 nursery.start_soon(sender)
         seconds = time.perf_counter() - start
-    return ClientBenchResult(f"W1 produce 1 KiB, {in_flight} in flight, batch {batch}",
-                             per_sender * in_flight * batch, seconds)
+    how = f"{in_flight} concurrent send()" if batch == 1 else \
+        f"{in_flight} concurrent send_batch() of {batch}"
+    return ClientBenchResult(f"W1 produce 1 KiB, {how}", per_sender * in_flight * batch,
+                             seconds)
 
 
 async def consume(broker: str, topic: str, messages: int) -> ClientBenchResult:
@@ -146,6 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-flight", type=int, default=256,
                         help="concurrent sends (the bounded in-flight window)")
     parser.add_argument("--batch", type=int, default=1, help="messages per send")
+    parser.add_argument("--api", choices=["submit", "send"], default="submit",
+                        help="W1 single sends: submit() from one task (default) or "
+                             "send() from --in-flight tasks")
     parser.add_argument("--rate", type=int, default=5_000, help="W3 messages per second")
     parser.add_argument("--duration", type=float, default=20.0, help="W3 seconds")
     parser.add_argument("--flush", choices=["async", "sync"], default="async")
@@ -179,7 +206,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 async def _workload(workload: str, broker: str, topic: str, args: argparse.Namespace
                     ) -> list[ClientBenchResult]:
     if workload == "produce":
-        return [await produce(broker, topic, args.messages, args.in_flight, args.batch)]
+        return [await produce(broker, topic, args.messages, args.in_flight, args.batch,
+                              args.api)]
     if workload == "consume":
         produced = await produce(broker, topic, args.messages, args.in_flight,
                                  max(args.batch, 100))

@@ -6,6 +6,8 @@ connections and background tasks live there and end with the ``async with``)::
 
     async with Producer(brokers=["127.0.0.1:10911"]) as producer:
         result = await producer.send("orders", b"body", key="k1", tag="created")
+        pending = await producer.submit("orders", b"next")  # no task per message
+        result = await pending
 
     async with Consumer("billing", {"orders": "created || paid"},
                         brokers=["127.0.0.1:10911"], start_from="earliest") as consumer:
@@ -36,6 +38,7 @@ from tidemq.client._consumer import ConsumerClosed as ConsumerClosed
 from tidemq.client._core import ConsumerStatistics as ConsumerStatistics
 from tidemq.client._message import Message as Message
 from tidemq.client._message import SendResult as SendResult
+from tidemq.client._pending import PendingSend as PendingSend
 from tidemq.client._producer import Producer as Producer
 from tidemq.client._routes import MessageQueue as MessageQueue
 from tidemq.client._settings import Mode as Mode

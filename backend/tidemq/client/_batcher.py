@@ -11,6 +11,8 @@ together as the next request (one SEND_BATCH), up to ``max_messages`` drafts and
                   has room, or a new one)   +-- each waiter gets its SendResult
                                                 (first_queue_offset + its index) or the
                                                 error; one event wakes the whole flight
+                                                (``send``), or its ``on_done`` is called
+                                                (``enqueue``, for ``Producer.submit``)
 
 * Order: one request in flight per lane and a FIFO lane keep the order of the sends that
   joined the lane; the broker stores a batch in order, in one queue.
@@ -29,7 +31,9 @@ together as the next request (one SEND_BATCH), up to ``max_messages`` drafts and
 
 from __future__ import annotations
 
+import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Final, final
 
 import anyio
@@ -43,43 +47,65 @@ from tidemq.net import ConnectionClosed
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Response
 
+logger = logging.getLogger("tidemq.client.producer")
+
 DEFAULT_BATCH_MAX_MESSAGES: Final = 256
 DEFAULT_BATCH_MAX_BYTES: Final = 1024 * 1024
 """Well under the broker's default append_batch_bytes_max (4 MiB) and the 16 MiB frame."""
 
 
 @final
-class _Waiter:
-    """One send waiting in a lane, as part of a flight."""
+class QueuedSend:
+    """One send waiting in a lane, as part of a flight: either awaited by its ``send()``
+    (through the flight's event) or, for ``Producer.submit``, handed to ``on_done``."""
 
-    __slots__ = ("abandoned", "draft", "error", "result", "unique_id")
+    __slots__ = ("abandoned", "context", "draft", "error", "on_done", "result", "target",
+                 "unique_id")
 
-    def __init__(self, draft: bytes, unique_id: str) -> None:
+    def __init__(self, draft: bytes, unique_id: str,
+                 on_done: Callable[[QueuedSend], None] | None = None,
+                 context: object = None) -> None:
         self.draft = draft
         self.unique_id = unique_id
         self.result: SendResult | None = None
         self.error: BaseException | None = None
         self.abandoned = False
         """Cancelled before its flight was taken: the drain skips it."""
+        self.on_done = on_done
+        """Called once with this entry when its request is answered (submitted sends)."""
+        self.context = context
+        """Whatever ``on_done`` needs to know (the producer's PendingSend)."""
+        self.target: MessageQueue | None = None
+        """The queue whose lane it joined."""
 
 
 @final
 class _Flight:
     """The sends that will go out together as one request, and the one event that tells
     them all it is answered (one event per request, not per send: an event costs several
-    microseconds, which at 30 sends a request was a fifth of a send's cost)."""
+    microseconds, which at 30 sends a request was a fifth of a send's cost). The event is
+    made only when an awaiting ``send()`` joins; submitted sends get their ``on_done``."""
 
     __slots__ = ("done", "size", "taken", "waiters")
 
     def __init__(self) -> None:
-        self.waiters: list[_Waiter] = []
+        self.waiters: list[QueuedSend] = []
         self.size = 0
         self.taken = False
         """Handed to a request: its sends can no longer be withdrawn."""
-        self.done = anyio.Event()
+        self.done: anyio.Event | None = None
 
     def finish(self) -> None:
-        self.done.set()
+        if self.done is not None:
+            self.done.set()
+        for waiter in self.waiters:
+            on_done = waiter.on_done
+            if on_done is not None:
+                waiter.on_done = None  # exactly once
+                try:
+                    on_done(waiter)
+                except Exception:  # never leave the rest of the flight unanswered
+                    logger.exception("send_completion_failed")
 
 
 @final
@@ -122,7 +148,46 @@ class SendBatcher:
         Raises what the request raised (TideError), ConnectionClosed if the producer is
         closed meanwhile.
         """
-        waiter = _Waiter(draft, unique_id)
+        waiter = QueuedSend(draft, unique_id)
+        flight = self._join(target, waiter)
+        done = flight.done
+        if done is None:
+            done = flight.done = anyio.Event()
+        try:
+            await done.wait()
+        except BaseException:
+            if not flight.taken:
+                waiter.abandoned = True
+            raise
+        if waiter.error is not None:
+            raise waiter.error.with_traceback(None)
+        assert waiter.result is not None
+        return waiter.result
+
+    def enqueue(self, target: MessageQueue, entry: QueuedSend) -> None:
+        """Like ``send`` without waiting, for an entry with ``on_done``: it is called once
+        the request is answered, with ``entry.result`` or ``entry.error`` set. Raises
+        RuntimeError if the producer is closed."""
+        self._join(target, entry)
+
+    def join_open(self, target: MessageQueue, entry: QueuedSend) -> bool:
+        """``enqueue`` if a request for ``target`` is still being gathered and has room
+        (``has_open_flight``); False, and nothing done, if not."""
+        lane = self._lanes.get(target)
+        if lane is None or not lane.flights:
+            return False
+        flight = lane.flights[-1]
+        if flight.taken or len(flight.waiters) >= self._max_messages or \
+                flight.size + len(entry.draft) > self._max_bytes:
+            return False
+        flight.waiters.append(entry)
+        flight.size += len(entry.draft)
+        entry.target = target
+        return True
+
+    def _join(self, target: MessageQueue, waiter: QueuedSend) -> _Flight:
+        """Put ``waiter`` in the flight being gathered for ``target`` (or a new one)."""
+        draft = waiter.draft
         lane = self._lanes.get(target)
         if lane is None:
             task_group = self._owned.task_group  # raises once the producer is closed
@@ -137,16 +202,8 @@ class SendBatcher:
             flights.append(flight)
         flight.waiters.append(waiter)
         flight.size += len(draft)
-        try:
-            await flight.done.wait()
-        except BaseException:
-            if not flight.taken:
-                waiter.abandoned = True
-            raise
-        if waiter.error is not None:
-            raise waiter.error.with_traceback(None)
-        assert waiter.result is not None
-        return waiter.result
+        waiter.target = target
+        return flight
 
     async def _drain(self, target: MessageQueue, lane: _Lane) -> None:
         """Send what the lane holds, one request at a time, until it is empty."""
@@ -174,7 +231,7 @@ class SendBatcher:
                 unanswered.finish()
             lane.flights.clear()
 
-    async def _flush(self, target: MessageQueue, batch: list[_Waiter]) -> None:
+    async def _flush(self, target: MessageQueue, batch: list[QueuedSend]) -> None:
         """One request for ``batch``; every waiter of it gets its result or the error."""
         code = RequestCode.SEND_MESSAGE if len(batch) == 1 else RequestCode.SEND_BATCH
         fields: dict[str, str | int] = {"topic": target.topic, "queue_id": target.queue_id}
@@ -214,7 +271,8 @@ def send_results(topic: str, broker: str, response: Response, unique_ids: list[s
             and isinstance(msg_ids, list) and isinstance(timestamp_ms, int)
             and len(msg_ids) == len(unique_ids)):
         raise TideError(f"the broker's send answer is malformed: {dict(fields)!r}")
-    return [SendResult(msg_id=str(msg_id), unique_id=unique_id, topic=topic,
-                       queue_id=queue_id, queue_offset=first_offset + index, broker=broker,
-                       store_timestamp_ms=timestamp_ms)
-            for index, (msg_id, unique_id) in enumerate(zip(msg_ids, unique_ids, strict=True))]
+    # positional: one of these per message sent, and keywords cost a third more
+    return [SendResult(msg_id if type(msg_id) is str else str(msg_id), unique_id, topic,
+                       queue_id, offset, broker, timestamp_ms)
+            for offset, msg_id, unique_id in zip(range(first_offset, first_offset + len(msg_ids)),
+                                                 msg_ids, unique_ids, strict=True)]

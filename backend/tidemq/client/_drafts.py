@@ -124,12 +124,9 @@ def build_drafts(
     if template is None:
         template = draft_template(topic, spec)
     if len(bodies) == 1 and type(bodies[0]) is bytes:  # a lone send(): the hot path
-        body = bodies[0]
-        if len(body) > max_message_size_bytes:
-            raise MessageIllegal(f"a body of {len(body)} bytes is over the producer's limit "
-                                 f"of {max_message_size_bytes}")
-        unique_id = _UNIQUE_IDS.next()
-        return template.encode(body, unique_id, born_timestamp_ms), [unique_id]
+        draft, unique_id = build_draft(bodies[0], template, born_timestamp_ms,
+                                       max_message_size_bytes)
+        return draft, [unique_id]
     drafts: list[bytes] = []
     unique_ids: list[str] = []
     for body in bodies:
@@ -143,3 +140,17 @@ def build_drafts(
                                       unique_id, born_timestamp_ms))
         unique_ids.append(unique_id)
     return drafts[0] if len(drafts) == 1 else b"".join(drafts), unique_ids
+
+
+def build_draft(body: bytes, template: DraftTemplate, born_timestamp_ms: int,
+                max_message_size_bytes: int) -> tuple[bytes, str]:
+    """One message's draft and unique id (``build_drafts`` for one ``bytes`` body).
+
+    Raises:
+        MessageIllegal: the body is over ``max_message_size_bytes``.
+    """
+    if len(body) > max_message_size_bytes:
+        raise MessageIllegal(f"a body of {len(body)} bytes is over the producer's limit "
+                             f"of {max_message_size_bytes}")
+    unique_id = _UNIQUE_IDS.next()
+    return template.encode(body, unique_id, born_timestamp_ms), unique_id

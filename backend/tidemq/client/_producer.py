@@ -39,16 +39,24 @@ the drafts in one SEND_MESSAGE / SEND_BATCH request::
   its own error and retries. ``batch_max_messages=1`` turns this off (one request per send,
   several in flight per queue).
 
+* ``submit`` (``PendingSend``, ``_pending``): the same path without a waiting task per
+  message. The message joins its lane like a ``send()`` (sticky queue, shared requests),
+  holds an in-flight slot until settled, and the batcher's drain calls back with the
+  answer; a failed first try continues in a task of its own with ``send()``'s retry loop
+  (``_deliver``). ``flush()`` waits until none is unsettled.
+
 Resource handling: ``async with Producer(...)`` opens the producer's task group (it holds
 the broker connections) and closes it on exit, after one round trip to each broker that got
 oneway sends (a broker drops requests it is still handling when their connection closes).
 A cancelled send leaves the producer usable; whether the message was stored is then unknown.
+Leaving normally first waits for every submitted send (``flush``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from types import TracebackType
 from typing import Final, Self, final
 
@@ -57,14 +65,16 @@ import anyio
 from tidemq.client._batcher import (
     DEFAULT_BATCH_MAX_BYTES,
     DEFAULT_BATCH_MAX_MESSAGES,
+    QueuedSend,
     SendBatcher,
     send_results,
 )
-from tidemq.client._drafts import DraftSpec, DraftTemplates, build_drafts
+from tidemq.client._drafts import DraftSpec, DraftTemplates, build_draft, build_drafts
 from tidemq.client._ids import default_client_id
 from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._message import SendResult
 from tidemq.client._namesrv import parse_namesrv, route_source
+from tidemq.client._pending import PendingSend
 from tidemq.client._pool import BrokerPool, check_brokers
 from tidemq.client._routes import MessageQueue, RouteCache, TopicRoute
 from tidemq.client._window import InFlightWindow
@@ -92,6 +102,7 @@ ONEWAY_BARRIER_TIMEOUT_MS: Final = 1_000
 BUSY_PAUSE_MS: Final = 20
 """Pause before retrying after SYSTEM_BUSY, times the attempt number."""
 _NO_QUEUE: Final = -1
+
 
 
 def is_retryable(error: TideError) -> bool:
@@ -147,6 +158,15 @@ class Producer:
         """The queue whose open request a topic's single sends join (see ``_choose``)."""
         self._templates = DraftTemplates()
         self._in_flight: InFlightWindow | None = None
+        self._submitted = 0
+        """Sends handed to ``submit`` and not yet settled."""
+        self._all_settled: anyio.Event | None = None
+        self._on_submitted_answered = self._submitted_answered  # one bound method, not one a send
+        self._submits_since_yield = 0
+        self._submit_yield_every = max(16, min(batch_max_messages, max_in_flight // 2))
+        """``submit`` yields to the event loop this often, so requests go out while the
+        application goes on handing messages over (at most about half the window is
+        gathered before the first of it is sent)."""
         self._oneway_brokers: set[str] = set()
         self._owned = OwnedTaskGroup()
         self._batcher: SendBatcher | None = None
@@ -166,6 +186,13 @@ class Producer:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc_value: BaseException | None,
                         traceback: TracebackType | None) -> None:
+        try:
+            if exc_type is None:
+                await self.flush()  # what was submitted gets its answer, as Kafka's close()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
         self._in_flight = None
         with anyio.move_on_after(ONEWAY_BARRIER_TIMEOUT_MS / 1000, shield=True):
             await self._oneway_barrier()
@@ -268,6 +295,130 @@ class Producer:
                         raise
                     failed.add(target.broker)
 
+    async def submit(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        key: str | None = None,
+        keys: Sequence[str] = (),
+        tag: str | None = None,
+        properties: Mapping[str, str] | None = None,
+        sharding_key: str | None = None,
+    ) -> PendingSend:
+        """Hand one message over and return at once with a ``PendingSend``: await it (or
+        give it a callback) for the SendResult. Waits only while ``max_in_flight`` sends
+        are already under way (back-pressure), or to learn a topic's route the first time.
+        Sends are retried as by ``send``; ``flush()`` waits for every one submitted, and
+        leaving ``async with`` normally flushes too.
+
+        Many messages in flight without a task each: the Kafka / RocketMQ asynchronous
+        send. Messages with one sharding key go to one queue in submission order, but a
+        retried one may land after later ones; await each send where order must survive
+        failures.
+
+        Raises (at once, nothing sent): MessageIllegal, InvalidArgument, TopicNotFound
+        (no broker known). The send's own errors are raised by the PendingSend.
+        """
+        spec = _PLAIN_SPEC if tag is None and key is None and not keys and not properties \
+            else DraftSpec(tag=tag, keys=_keys(key, keys), properties=properties or {})
+        if type(body) is bytes:
+            draft, unique_id = build_draft(body, self._templates.get(topic, spec),
+                                           self._clock.now_ms(), self._max_message_size_bytes)
+        else:  # bytearray, memoryview (or a wrong type: InvalidArgument)
+            draft, unique_ids = self._drafts(topic, [body], spec)
+            unique_id = unique_ids[0]
+        window = self._require_open()
+        if not window.take_nowait():
+            await window.acquire()
+        pending = PendingSend(topic, unique_id, sharding_key)
+        self._submitted += 1
+        try:
+            route = self._routes.cached(topic) or await self._routes.get(topic)
+            batcher = self._batcher
+            if batcher is None:  # no batching (batch_max_messages=1): send's path, in a task
+                self._owned.task_group.start_soon(self._deliver_submitted, pending, draft,
+                                                  None, None)
+            else:
+                entry = QueuedSend(draft, unique_id, self._on_submitted_answered, pending)
+                # The sticky queue's request still gathering (what _choose would pick)?
+                target = self._sticky.get(topic) if sharding_key is None and \
+                    not self._pool.any_down() else None
+                if target is None or not batcher.join_open(target, entry):
+                    batcher.enqueue(self._choose(route, sharding_key, _NO_FAILURES,
+                                                 sticky=True), entry)
+        except BaseException as error:
+            self._settle_submitted(pending, None, error)
+            raise
+        self._submits_since_yield += 1
+        if self._submits_since_yield >= self._submit_yield_every:
+            self._submits_since_yield = 0
+            await anyio.lowlevel.checkpoint()
+        return pending
+
+    async def flush(self) -> None:
+        """Wait until every message handed to ``submit`` so far is stored or has failed."""
+        while self._submitted:
+            if self._all_settled is None:
+                self._all_settled = anyio.Event()
+            await self._all_settled.wait()
+
+    def _submitted_answered(self, entry: QueuedSend) -> None:
+        """A submitted send's request was answered (called by the batcher's drain)."""
+        pending = entry.context
+        assert isinstance(pending, PendingSend)
+        if entry.error is None:
+            if entry.target is not None and entry.target.queue_id == _NO_QUEUE:
+                self._routes.invalidate(pending.topic)
+            self._settle_submitted(pending, entry.result, None)
+            return
+        if self._owned.closed:
+            self._settle_submitted(pending, None, entry.error)
+            return
+        try:  # a failure: the retry logic of send(), in a task of its own
+            self._owned.task_group.start_soon(self._deliver_submitted, pending, entry.draft,
+                                              entry.target, entry.error)
+        except RuntimeError:  # the producer is closing
+            self._settle_submitted(pending, None, entry.error)
+
+    async def _deliver_submitted(self, pending: PendingSend, draft: bytes,
+                                 failed_target: MessageQueue | None,
+                                 error: BaseException | None) -> None:
+        """Finish a submitted send after its first try (to ``failed_target``) failed with
+        ``error``, or before any try (both None), retrying as ``send`` does."""
+        topic = pending.topic
+        outcome: SendResult | None = None
+        failure: BaseException | None = ConnectionClosed(
+            "the producer was closed before the send finished")
+        try:
+            with self._owned.guard():
+                tries = _Tries()
+                route = self._routes.cached(topic) or await self._routes.get(topic)
+                if error is not None and failed_target is not None:
+                    route = await self._after_failure(topic, route, failed_target, error,
+                                                      tries)
+                results = await self._deliver(topic, draft, [pending.unique_id],
+                                              pending.sharding_key,
+                                              RequestCode.SEND_MESSAGE, route, tries)
+                outcome, failure = results[0], None
+        except Exception as final_error:
+            failure = final_error
+        finally:
+            self._settle_submitted(pending, outcome, failure)
+
+    def _settle_submitted(self, pending: PendingSend, result: SendResult | None,
+                          error: BaseException | None) -> None:
+        if pending.done():
+            return
+        window = self._in_flight
+        if window is not None:
+            window.release()
+        pending.complete(result, error)
+        self._submitted -= 1
+        if not self._submitted and self._all_settled is not None:
+            self._all_settled.set()
+            self._all_settled = None
+
     async def _send(self, topic: str, bodies: list[bytes], spec: DraftSpec,
                     sharding_key: str | None, code: RequestCode) -> list[SendResult]:
         drafts, unique_ids = self._drafts(topic, bodies, spec)
@@ -276,42 +427,55 @@ class Producer:
             await window.acquire()
         try:
             route = self._routes.cached(topic) or await self._routes.get(topic)
-            failed: set[str] = set()
-            refreshed = False
-            attempt = 0
-            batcher = self._batcher if code is RequestCode.SEND_MESSAGE else None
-            while True:
-                target = self._choose(route, sharding_key, failed,
-                                      sticky=batcher is not None)
-                try:
-                    if batcher is not None:  # a lone message: shares a request (_batcher)
-                        results = [await batcher.send(target, drafts, unique_ids[0])]
-                    else:
-                        results = await self._request(topic, target, code, drafts,
-                                                      unique_ids)
-                except ROUTE_STALE_ERRORS:
-                    if refreshed or not route.exists:
-                        raise
-                    self._routes.invalidate(topic)
-                    route, refreshed = await self._routes.get(topic), True
-                    continue
-                except TideError as error:
-                    attempt += 1
-                    if attempt > self._retries or not is_retryable(error):
-                        raise
-                    logger.info("send_retry", extra={"topic": topic, "broker": target.broker,
-                                                     "error": error.remark})
-                    failed.add(target.broker)
-                    if isinstance(error, ConnectionClosed | RequestTimeout):
-                        self._routes.invalidate(topic)  # the next send asks again
-                    if isinstance(error, SystemBusy):
-                        await anyio.sleep(BUSY_PAUSE_MS * attempt / 1000)
-                    continue
-                if target.queue_id == _NO_QUEUE:
-                    self._routes.invalidate(topic)  # created, perhaps: learn its queues
-                return results
+            return await self._deliver(topic, drafts, unique_ids, sharding_key, code, route,
+                                       _Tries())
         finally:
             window.release()
+
+    async def _deliver(self, topic: str, drafts: bytes, unique_ids: list[str],
+                       sharding_key: str | None, code: RequestCode, route: TopicRoute,
+                       tries: _Tries) -> list[SendResult]:
+        """Try, and retry on retryable failures (see the module docstring), until stored
+        or failed for good."""
+        batcher = self._batcher if code is RequestCode.SEND_MESSAGE else None
+        while True:
+            target = self._choose(route, sharding_key, tries.failed,
+                                  sticky=batcher is not None)
+            try:
+                if batcher is not None:  # a lone message: shares a request (_batcher)
+                    results = [await batcher.send(target, drafts, unique_ids[0])]
+                else:
+                    results = await self._request(topic, target, code, drafts, unique_ids)
+            except TideError as error:
+                route = await self._after_failure(topic, route, target, error, tries)
+                continue
+            if target.queue_id == _NO_QUEUE:
+                self._routes.invalidate(topic)  # created, perhaps: learn its queues
+            return results
+
+    async def _after_failure(self, topic: str, route: TopicRoute, target: MessageQueue,
+                             error: BaseException, tries: _Tries) -> TopicRoute:
+        """Decide on a failed try: raise ``error`` if it is final, else return the route
+        for the next try (fetched again if the error says ours is stale)."""
+        if isinstance(error, ROUTE_STALE_ERRORS):
+            if tries.refreshed or not route.exists:
+                raise error
+            self._routes.invalidate(topic)
+            tries.refreshed = True
+            return await self._routes.get(topic)
+        if not isinstance(error, TideError):
+            raise error
+        tries.attempt += 1
+        if tries.attempt > self._retries or not is_retryable(error):
+            raise error
+        logger.info("send_retry", extra={"topic": topic, "broker": target.broker,
+                                         "error": error.remark})
+        tries.failed.add(target.broker)
+        if isinstance(error, ConnectionClosed | RequestTimeout):
+            self._routes.invalidate(topic)  # the next send asks again
+        if isinstance(error, SystemBusy):
+            await anyio.sleep(BUSY_PAUSE_MS * tries.attempt / 1000)
+        return route
 
     async def _request(self, topic: str, target: MessageQueue, code: RequestCode,
                        drafts: bytes, unique_ids: list[str]) -> list[SendResult]:
@@ -333,7 +497,7 @@ class Producer:
         return fields
 
     def _choose(self, route: TopicRoute, sharding_key: str | None,
-                failed: set[str], *, sticky: bool = False) -> MessageQueue:
+                failed: AbstractSet[str], *, sticky: bool = False) -> MessageQueue:
         """The queue for the next attempt (see the module docstring)."""
         queues = route.write_queues
         if not queues:
@@ -371,6 +535,21 @@ class Producer:
         return self._in_flight
 
 
+@final
+class _Tries:
+    """Where a send stands in its retries."""
+
+    __slots__ = ("attempt", "failed", "refreshed")
+
+    def __init__(self) -> None:
+        self.attempt = 0
+        self.failed: set[str] = set()
+        """Brokers that failed this send: the next try prefers another."""
+        self.refreshed = False
+        """The route was fetched again after a stale-route error (once per send)."""
+
+
+_NO_FAILURES: Final[frozenset[str]] = frozenset()
 _PLAIN_SPEC: Final = DraftSpec(tag=None, keys=(), properties={})
 """The spec of a send with no tag, key or property (built once, not per send)."""
 

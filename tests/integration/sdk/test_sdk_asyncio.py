@@ -18,6 +18,10 @@ async def _round_trip(address: str) -> tuple[list[Message], int]:
             await producer.send("orders", b"%d" % index, key=f"k{index}",
                                 tag="paid" if index % 2 else "created")
         await producer.send_batch("orders", [b"b1", b"b2"], tag="paid")
+        submitted = [await producer.submit("orders", b"s%d" % i, tag="created")
+                     for i in range(50)]  # filtered out by the consumer below
+        assert (await submitted[0]).topic == "orders"
+    assert all(pending.exception() is None for pending in submitted)  # flushed on leaving
     received: list[Message] = []
     async with Consumer("billing", {"orders": "paid"}, brokers=[address],
                         start_from="earliest", heartbeat_interval_ms=200) as consumer:
