@@ -53,7 +53,7 @@ def copy_without_dispatch(store: MessageStore, bodies: list[bytes]) -> list[int]
     drafts = [encode_draft("T", body, {"KEYS": f"torn-{i}"}) for i, body in
               enumerate(bodies)]
     appended = store.log.append_batch(b"T", 0, queue.max_offset, drafts, 0, 0)
-    return [entry[0] for entry in appended.entries]
+    return appended.commit_offsets
 
 
 def reopen_after_kill(store: MessageStore, directory: Path) -> tuple[MessageStore,

@@ -25,6 +25,7 @@ from typing import final
 
 import trio
 
+from tidemq.common.buffers import Buffer
 from tidemq.config import StoreConfig
 from tidemq.errors import FlushTimeout, StoreClosed, TideError
 from tidemq.store import MessageStore, PutResult, RecoveryReport
@@ -70,8 +71,15 @@ class StoreService:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.store.close)
 
-    async def put_batch(self, topic: str, queue_id: int, drafts: Sequence[bytes]) -> PutResult:
-        """Store a batch and return once it is acknowledged under the flush mode.
+    async def put_batch(self, topic: str, queue_id: int, drafts: Sequence[Buffer]) -> PutResult:
+        """Store a list of drafts (one record each); see ``put_packed``."""
+        if not self._running:
+            raise StoreClosed("the store service is not running")
+        return await self._acknowledge(self.store.put_batch(topic, queue_id, drafts))
+
+    async def put_packed(self, topic: str, queue_id: int, records: Buffer) -> PutResult:
+        """Store drafts packed back to back (a send request's body) and return once they
+        are acknowledged under the flush mode.
 
         Raises:
             MessageIllegal, DiskFull: from the store (nothing written).
@@ -80,7 +88,9 @@ class StoreService:
         """
         if not self._running:
             raise StoreClosed("the store service is not running")
-        result = self.store.put_batch(topic, queue_id, drafts)
+        return await self._acknowledge(self.store.put_packed(topic, queue_id, records))
+
+    async def _acknowledge(self, result: PutResult) -> PutResult:
         if self._next_segment_wanted():
             self._prepare_wanted.set()
         if self.config.flush == "sync":

@@ -1,9 +1,11 @@
 """The commit log: every record of every topic, appended once, in mmap'd segments.
 
 Theory of operation. One writer owns ``write_offset`` (the global byte offset where the next
-record goes). ``append_batch`` copies each draft record into the current segment, stamps its
-store fields (queue id and offset, commit offset, store time and host) and computes its
-CRC32C in place; it returns what the dispatcher needs to index the batch. A record never
+record goes). ``append_packed`` copies a batch of draft records (packed back to back, as a
+send request carries them) into the current segment with one copy, then stamps each
+record's store fields (queue id and offset, commit offset, store time and host) and computes
+its CRC32C in place; it returns what the dispatcher needs to index the batch (the commit
+offsets, and the consume-queue entries already packed). A record never
 spans segments: when a batch does not fit in what is left of a segment (keeping room for
 the 8-byte end-of-segment marker), the next segment is created *first* (so a full disk
 fails the batch before any byte is written), then the rest of the current one is closed
@@ -21,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
+from tidemq.common.buffers import Buffer
 from tidemq.common.crc import crc32c
 from tidemq.errors import MessageIllegal, StoreError
 from tidemq.protocol.record import (
@@ -37,6 +40,7 @@ from tidemq.protocol.record import (
     STORE_TIMESTAMP,
     STORE_TIMESTAMP_OFFSET,
 )
+from tidemq.store.consume_queue import ENTRY as QUEUE_ENTRY
 from tidemq.store.mapped_file import MappedFile
 from tidemq.store.segments import SegmentQueue
 
@@ -47,12 +51,23 @@ HOLE_MAGIC: Final = 0x484F4C45  # "HOLE": a corrupt range replaced at recovery; 
 
 
 @dataclass(frozen=True, slots=True)
+class ValidatedBatch:
+    """A checked batch: its size in bytes and each draft's (size, tag_hash, flags,
+    properties_length), in order."""
+
+    size: int
+    drafts: list[tuple[int, int, int, int]]
+
+
+@dataclass(frozen=True, slots=True)
 class AppendedBatch:
-    """Where a batch landed. ``entries`` are (commit_offset, size, tag_hash, flags)."""
+    """Where a batch landed: each record's commit offset, and the batch's consume-queue
+    entries already packed (``consume_queue.ENTRY``, one per record, in order)."""
 
     first_commit_offset: int
     end_offset: int
-    entries: list[tuple[int, int, int, int]]
+    commit_offsets: list[int]
+    queue_entries: bytes
 
 
 @final
@@ -74,82 +89,100 @@ class CommitLog:
     def min_offset(self) -> int:
         return self.segments.min_offset
 
-    def validate_batch(self, topic_bytes: bytes, drafts: Sequence[bytes]
-                       ) -> tuple[int, list[tuple[int, int]]]:
-        """Check every draft of a batch.
+    def validate_packed(self, topic_bytes: bytes, records: Buffer) -> ValidatedBatch:
+        """Check a batch of draft records packed back to back (each draft's first u32 is
+        its total size: a send request's body), in one pass over their headers.
 
         Returns:
-            The batch's size in bytes, and each draft's (tag_hash, flags).
+            The batch's size in bytes, and each draft's (size, tag_hash, flags,
+            properties_length).
 
         Raises:
-            MessageIllegal: a draft is malformed, too large, or names another topic.
+            MessageIllegal: empty, a draft is cut short, malformed, too large, or names
+                another topic.
         """
-        total = 0
+        view = memoryview(records)
+        end = len(view)
+        if not end:
+            raise MessageIllegal("an empty batch")
         topic_end = HEADER_SIZE + len(topic_bytes)
         topic_length_expected = len(topic_bytes)
         limit = self.max_message_size
         unpack = _DRAFT_FIELDS.unpack_from
-        tags_and_flags: list[tuple[int, int]] = []
-        add = tags_and_flags.append
-        for draft in drafts:
-            size = len(draft)
-            if size < HEADER_SIZE:
-                raise MessageIllegal("record shorter than its header")
-            total_size, magic, _crc, flags, tag, body, props, topic_length = unpack(draft)
-            if magic != RECORD_MAGIC or total_size != size:
-                raise MessageIllegal("record size or magic does not match its bytes")
-            if HEADER_SIZE + body + props + topic_length != size:
-                raise MessageIllegal("record parts do not add up to its size")
+        drafts: list[tuple[int, int, int, int]] = []
+        add = drafts.append
+        position = 0
+        while position < end:
+            if end - position < HEADER_SIZE:
+                raise MessageIllegal("a record is cut short")
+            size, magic, _crc, flags, tag, body, props, topic_length = unpack(view, position)
+            if magic != RECORD_MAGIC:
+                raise MessageIllegal("a record's magic does not match")
             if size > limit:
                 raise MessageIllegal(f"record of {size} bytes exceeds the limit of {limit}")
+            if size < HEADER_SIZE or position + size > end:
+                raise MessageIllegal("a record's size does not match its bytes")
+            if HEADER_SIZE + body + props + topic_length != size:
+                raise MessageIllegal("record parts do not add up to its size")
             if topic_length != topic_length_expected or \
-                    draft[HEADER_SIZE:topic_end] != topic_bytes:
+                    view[position + HEADER_SIZE:position + topic_end] != topic_bytes:
                 raise MessageIllegal("a record of the batch names another topic")
-            total += size
-            add((tag, flags))
-        return total, tags_and_flags
+            add((size, tag, flags, props))
+            position += size
+        return ValidatedBatch(end, drafts)
 
     def append_batch(self, topic_bytes: bytes, queue_id: int, first_queue_offset: int,
-                     drafts: Sequence[bytes], now_ms: int, leader_epoch: int, *,
-                     validated: tuple[int, list[tuple[int, int]]] | None = None
+                     drafts: Sequence[Buffer], now_ms: int, leader_epoch: int
                      ) -> AppendedBatch:
-        """Append drafts of one (topic, queue) as consecutive records. ``validated`` is
-        ``validate_batch``'s answer when the caller already has it.
+        """``append_packed`` for a list of drafts (one record each)."""
+        records = b"".join(drafts)
+        validated = self.validate_packed(topic_bytes, records)
+        if len(validated.drafts) != len(drafts):
+            raise MessageIllegal("a draft of the list is not exactly one record")
+        return self.append_packed(queue_id, first_queue_offset, records, validated, now_ms,
+                                  leader_epoch)
+
+    def append_packed(self, queue_id: int, first_queue_offset: int, records: Buffer,
+                      validated: ValidatedBatch, now_ms: int, leader_epoch: int
+                      ) -> AppendedBatch:
+        """Append a batch of one (topic, queue) that ``validate_packed`` checked: one copy
+        of the whole batch into the segment, then each record stamped and sealed in place.
 
         Raises:
-            MessageIllegal: a draft is malformed, or the batch cannot fit in a segment
-                (nothing written).
+            MessageIllegal: the batch cannot fit in a segment (nothing written).
             DiskFull: no room for a new segment (nothing written).
         """
-        if validated is None:
-            validated = self.validate_batch(topic_bytes, drafts)
-        batch_size, tags_and_flags = validated
-        segment = self._segment_for_append(batch_size)
+        segment = self._segment_for_append(validated.size)
         position = self.write_offset - segment.start
         base = segment.start
         target = segment.map
         view = segment.view
+        target[position:position + validated.size] = records
         host = self.store_host
         port = self.store_port
         stamp = STAMP.pack_into
         pack_crc = CRC.pack_into
+        pack_entry = QUEUE_ENTRY.pack
         checksum = crc32c
-        entries: list[tuple[int, int, int, int]] = []
-        add = entries.append
+        commit_offsets: list[int] = []
+        add_offset = commit_offsets.append
+        queue_entries: list[bytes] = []
+        add_entry = queue_entries.append
         queue_offset = first_queue_offset
         first_commit_offset = self.write_offset
-        for draft, (tag, flags) in zip(drafts, tags_and_flags, strict=True):
-            size = len(draft)
-            end = position + size
-            target[position:end] = draft
+        for size, tag, _flags, _props in validated.drafts:
+            commit_offset = base + position
             stamp(target, position + STAMP_OFFSET, queue_id, leader_epoch, queue_offset,
-                  base + position, now_ms, host, port)
-            pack_crc(target, position + CRC_OFFSET, checksum(view[position + CRC_START:end]))
-            add((base + position, size, tag, flags))
-            position = end
+                  commit_offset, now_ms, host, port)
+            pack_crc(target, position + CRC_OFFSET,
+                     checksum(view[position + CRC_START:position + size]))
+            add_offset(commit_offset)
+            add_entry(pack_entry(commit_offset, size, tag))
+            position += size
             queue_offset += 1
         self.write_offset = base + position
-        return AppendedBatch(first_commit_offset, self.write_offset, entries)
+        return AppendedBatch(first_commit_offset, self.write_offset, commit_offsets,
+                             b"".join(queue_entries))
 
     def _segment_for_append(self, size: int) -> MappedFile:
         """The segment the next ``size`` bytes go to, rolling (and creating) as needed."""

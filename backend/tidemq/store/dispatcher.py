@@ -1,7 +1,9 @@
 """The dispatcher: turns appended records into consume-queue entries and index entries.
 
-It runs in two places with the same code: live, right after each batch is appended (the
-appender hands it the batch's entries), and at recovery, fed by the scan of the commit log.
+It runs in two places: live, right after each batch is appended (the appender hands it the
+batch's consume-queue entries already packed and its commit offsets; the batch's index keys
+were read before the append by ``ensure_room``, through a ``KeyReader``, and are handed over
+as key hashes), and at recovery, fed by the scan of the commit log.
 Writes are idempotent (an entry goes to ``queue_offset * 20``; the index skips records
 before its ``indexed_until``), so replaying a range that was already dispatched is harmless.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
 from typing import Final, final
 
 from tidemq.common.buffers import Buffer
@@ -23,10 +24,11 @@ from tidemq.protocol.record import (
     PROPERTY_UNIQUE_ID,
     decode_properties,
 )
-from tidemq.store.commit_log import CommitLog
+from tidemq.store.commit_log import AppendedBatch, CommitLog, ValidatedBatch
 from tidemq.store.consume_queue import ConsumeQueue
 from tidemq.store.files import store_error
-from tidemq.store.index import KeyIndex
+from tidemq.store.index import KeyIndex, key_hash_continued, key_hash_seed
+from tidemq.store.record_keys import KeyReader
 
 _LENGTHS: Final = struct.Struct("<IIH")  # body, properties, topic lengths at offset 104
 _LENGTHS_OFFSET: Final = 104
@@ -90,20 +92,20 @@ class Dispatcher:
         self.queues = queues
         self.index = index
         self.dispatched_offset = 0  # commit-log offset everything before which is dispatched
+        self._key_reader = KeyReader()
 
     def dispatch_batch(self, queue: ConsumeQueue, first_queue_offset: int,
-                       entries: list[tuple[int, int, int, int]], end_offset: int,
-                       timestamp_ms: int, keys_by_record: dict[int, list[str]]) -> None:
-        """Index a batch just appended to one queue (live path). ``keys_by_record`` maps a
-        record's position in the batch to its keys, as ``ensure_room`` read them."""
-        queue.put_batch(first_queue_offset, entries)
-        if keys_by_record:
-            prefix = queue.topic + "#"  # index_key(topic, key), inlined
-            self.index.put_many([(prefix + key, entries[position][0])
-                                 for position, keys in keys_by_record.items()
-                                 for key in keys], timestamp_ms)
-        self.index.mark_indexed(end_offset)
-        self.dispatched_offset = end_offset
+                       appended: AppendedBatch, timestamp_ms: int,
+                       keys: list[tuple[int, int]]) -> None:
+        """Index a batch just appended to one queue (live path). ``keys`` are (position in
+        the batch, key hash) pairs, as ``ensure_room`` read them."""
+        queue.put_packed(first_queue_offset, appended.queue_entries)
+        if keys:
+            commit_offsets = appended.commit_offsets
+            self.index.put_hashes([(hashed, commit_offsets[position])
+                                   for position, hashed in keys], timestamp_ms)
+        self.index.mark_indexed(appended.end_offset)
+        self.dispatched_offset = appended.end_offset
 
     def dispatch_scanned(self, topic: str, queue_id: int, queue_offset: int,
                          commit_offset: int, size: int, tag_hash: int, flags: int,
@@ -141,16 +143,16 @@ class Dispatcher:
         for key in self.record_keys(commit_offset):
             self.index.put(index_key(topic, key), commit_offset, timestamp_ms)
 
-    def ensure_room(self, queue: ConsumeQueue, first_queue_offset: int,
-                    drafts: Sequence[Buffer], flags: Sequence[int],
-                    commit_offset: int) -> dict[int, list[str]]:
+    def ensure_room(self, queue: ConsumeQueue, first_queue_offset: int, topic_bytes: bytes,
+                    records: Buffer, validated: ValidatedBatch,
+                    commit_offset: int) -> list[tuple[int, int]]:
         """Create what a validated batch will need (consume-queue segment, room in one
         index file for all its keys) before the log is written, so a full disk fails the
         batch with nothing written and dispatching it cannot fail afterwards.
 
         Returns:
-            The keys of each indexed record, by position in the batch (read once here and
-            handed to ``dispatch_batch``).
+            The batch's index keys as (position in the batch, ``key_hash`` of
+            ``topic#key``) pairs (read once here and handed to ``dispatch_batch``).
 
         Raises:
             MessageIllegal: an indexed draft's properties are not a map of strings (the
@@ -158,23 +160,30 @@ class Dispatcher:
                 file holds.
             DiskFull: no room for a new consume-queue segment or index file.
         """
-        keys_by_record: dict[int, list[str]] = {}
-        keys = 0
-        for position, record_flags in enumerate(flags):
-            if record_flags & FLAG_INDEXED:
+        keys: list[tuple[int, int]] = []
+        view = memoryview(records)
+        seed = key_hash_seed(topic_bytes + b"#")  # index_key(topic, key), as a CRC seed
+        properties_at = HEADER_SIZE + len(topic_bytes)
+        read_keys = self._key_reader.read
+        hash_key = key_hash_continued
+        add = keys.append
+        start = 0
+        for position, (size, _tag, flags, properties_length) in enumerate(validated.drafts):
+            if flags & FLAG_INDEXED:
                 try:
-                    record_keys = _keys_at(drafts[position], 0)
+                    record_keys = read_keys(view, start + properties_at, properties_length)
                 except ProtocolError as error:
                     raise MessageIllegal(f"an indexed record's {error}") from None
-                keys_by_record[position] = record_keys
-                keys += len(record_keys)
-        if keys > self.index.entries_per_file:
-            raise MessageIllegal(f"a batch of {keys} keys exceeds the "
+                for key in record_keys:
+                    add((position, hash_key(key, seed)))
+            start += size
+        if len(keys) > self.index.entries_per_file:
+            raise MessageIllegal(f"a batch of {len(keys)} keys exceeds the "
                                  f"{self.index.entries_per_file} of an index file")
-        queue.ensure_room(first_queue_offset, len(drafts))
+        queue.ensure_room(first_queue_offset, len(validated.drafts))
         if keys or not self.index.files:
-            self.index.ensure_room(keys, commit_offset)  # also starts the first index file
-        return keys_by_record
+            self.index.ensure_room(len(keys), commit_offset)  # also starts the first file
+        return keys
 
 
 def _keys_at(buffer: Buffer, position: int) -> list[str]:

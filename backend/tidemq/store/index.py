@@ -21,8 +21,12 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Callable
 from typing import Final, final
 
+import crc32c as _crc32c_module
+
+from tidemq.common.buffers import Buffer
 from tidemq.common.crc import crc32c
 from tidemq.errors import StoreCorrupt
 from tidemq.store.files import store_error
@@ -36,6 +40,17 @@ _NAME: Final = re.compile(r"^\d{20}$")
 
 def key_hash(key: str) -> int:
     return crc32c(key.encode())
+
+
+def key_hash_seed(prefix: bytes) -> int:
+    """The CRC of an index key's first bytes (``topic#``): ``key_hash_continued(rest,
+    seed)`` is then ``key_hash`` of the whole key, without building the key's string."""
+    return crc32c(prefix)
+
+
+key_hash_continued: Final[Callable[[Buffer, int], int]] = _crc32c_module.crc32c
+"""``crc32c(data, value)``: the CRC continued from ``value`` over ``data`` (the C function
+itself, called once per key on the send path)."""
 
 
 @final
@@ -111,9 +126,10 @@ class IndexFile:
         SLOT.pack_into(mapped, slot_position, self.entry_count)
         self.end_timestamp_ms = max(self.end_timestamp_ms, timestamp_ms)
 
-    def put_many(self, items: list[tuple[str, int]], timestamp_ms: int) -> None:
-        """``put`` for a batch stored at one time: the same entries, with the lookups and
-        struct methods bound once (the live path indexes a unique id per message)."""
+    def put_hashes(self, items: list[tuple[int, int]], timestamp_ms: int) -> None:
+        """``put`` for a batch stored at one time, keys given by their ``key_hash``: the
+        same entries, with the lookups and struct methods bound once (the live path
+        indexes a unique id per message)."""
         if not items:
             return
         assert self.entry_count + len(items) <= self.entries_max
@@ -130,8 +146,7 @@ class IndexFile:
         pack_entry = ENTRY.pack_into
         position = self._entries_start + self.entry_count * entry_size
         count = self.entry_count
-        for key, commit_offset in items:
-            hashed = crc32c(key.encode())
+        for hashed, commit_offset in items:
             slot_position = slots_start + (hashed % slots) * 4
             pack_entry(mapped, position, hashed, commit_offset, delta_s,
                        unpack_slot(mapped, slot_position)[0])
@@ -226,10 +241,11 @@ class KeyIndex:
         """Index ``key`` -> ``commit_offset``. Raises DiskFull if a new file cannot be made."""
         self._writable(commit_offset).put(key, commit_offset, timestamp_ms)
 
-    def put_many(self, items: list[tuple[str, int]], timestamp_ms: int) -> None:
-        """Index a batch's keys (after ``ensure_room`` for them: they fit one file)."""
+    def put_hashes(self, items: list[tuple[int, int]], timestamp_ms: int) -> None:
+        """Index a batch's keys, as (``key_hash``, commit offset) pairs (after
+        ``ensure_room`` for them: they fit one file)."""
         if items:
-            self._writable(items[0][1]).put_many(items, timestamp_ms)
+            self._writable(items[0][1]).put_hashes(items, timestamp_ms)
 
     def ensure_room(self, count: int, commit_offset: int) -> None:
         """Make sure the next ``count`` entries fit (may start a new file)."""

@@ -7,11 +7,12 @@
       consumequeue/<topic>/<queue id>/   20-byte entries per queue (consume_queue.py)
       index/          key and unique-id hash index (index.py)
 
-The store is synchronous and single-writer: the broker's Trio shell calls ``put_batch`` and
-``get_messages`` on its event loop (they only touch memory-mapped pages) and runs the
-blocking steps, fsync above all, in worker threads: ``plan_flush`` (event loop) returns a
-``FlushPlan`` whose ``execute`` (worker thread) fsyncs, and ``complete_flush`` (event loop)
-publishes the new flushed offset. ``flush()`` does all three for plain synchronous users.
+The store is synchronous and single-writer: the broker's Trio shell calls ``put_packed`` (a
+send request's body as it came) or ``put_batch`` (a list of drafts) and ``get_messages`` on
+its event loop (they only touch memory-mapped pages) and runs the blocking steps, fsync
+above all, in worker threads: ``plan_flush`` (event loop) returns a ``FlushPlan`` whose
+``execute`` (worker thread) fsyncs, and ``complete_flush`` (event loop) publishes the new
+flushed offset. ``flush()`` does all three for plain synchronous users.
 
 Error handling: every failure is a typed ``TideError``: ``MessageIllegal`` for a bad batch,
 ``DiskFull`` when space runs out (nothing half-written; appends resume when space returns),
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
 
+from tidemq.common.buffers import Buffer
 from tidemq.common.clock import Clock, SystemClock
 from tidemq.common.ids import decode_message_id
 from tidemq.config import StoreConfig
@@ -213,11 +215,28 @@ class MessageStore:
             raise StoreClosed("the store is closed")
 
     # -- writing ------------------------------------------------------------------------
-    def put_batch(self, topic: str, queue_id: int, drafts: Sequence[bytes]) -> PutResult:
-        """Append draft records of one queue, all or nothing.
+    def put_batch(self, topic: str, queue_id: int, drafts: Sequence[Buffer]) -> PutResult:
+        """Append draft records of one queue, all or nothing: ``put_packed`` for a list of
+        drafts, one record each.
 
         Raises:
             MessageIllegal: a bad topic name, queue id, or record (nothing written).
+            DiskFull: no space (nothing written).
+        """
+        self._check_open()
+        if not drafts:
+            raise MessageIllegal("an empty batch")
+        return self.put_packed(topic, queue_id, b"".join(drafts), count=len(drafts))
+
+    def put_packed(self, topic: str, queue_id: int, records: Buffer, *,
+                   count: int | None = None) -> PutResult:
+        """Append draft records of one queue, packed back to back (a send request's body:
+        each draft's first u32 is its size), all or nothing. ``count``, when given, is how
+        many records the batch must hold.
+
+        Raises:
+            MessageIllegal: a bad topic name, queue id, or record, or not ``count`` records
+                (nothing written).
             DiskFull: no space (nothing written).
         """
         self._check_open()
@@ -226,32 +245,30 @@ class MessageStore:
             self._checked_topics.add(topic)
         if not 0 <= queue_id < 65536:
             raise MessageIllegal(f"queue id {queue_id} out of range")
-        if not drafts:
-            raise MessageIllegal("an empty batch")
         topic_bytes = topic.encode()
-        validated = self.log.validate_batch(topic_bytes, drafts)
-        if validated[0] > self.config.append_batch_bytes_max:
-            raise MessageIllegal(f"a batch of {validated[0]} bytes exceeds the limit of "
+        validated = self.log.validate_packed(topic_bytes, records)
+        if count is not None and len(validated.drafts) != count:
+            raise MessageIllegal("a draft of the batch is not exactly one record")
+        if validated.size > self.config.append_batch_bytes_max:
+            raise MessageIllegal(f"a batch of {validated.size} bytes exceeds the limit of "
                                  f"{self.config.append_batch_bytes_max}")
         now_ms = self.clock.now_ms()
         try:
             queue = self.queues.get_or_create(topic, queue_id)
             first_queue_offset = queue.max_offset
-            keys_by_record = self.dispatcher.ensure_room(
-                queue, first_queue_offset, drafts, [flags for _, flags in validated[1]],
-                self.log.write_offset)
-            appended = self.log.append_batch(topic_bytes, queue_id, first_queue_offset,
-                                             drafts, now_ms, 0, validated=validated)
+            keys = self.dispatcher.ensure_room(queue, first_queue_offset, topic_bytes, records,
+                                               validated, self.log.write_offset)
+            appended = self.log.append_packed(queue_id, first_queue_offset, records,
+                                              validated, now_ms, 0)
         except DiskFull:
             self._disk_full_errors += 1
             raise
-        self.dispatcher.dispatch_batch(queue, first_queue_offset, appended.entries,
-                                       appended.end_offset, now_ms, keys_by_record)
-        self._records_appended += len(drafts)
-        self._bytes_appended += appended.end_offset - appended.first_commit_offset
+        self.dispatcher.dispatch_batch(queue, first_queue_offset, appended, now_ms, keys)
+        self._records_appended += len(validated.drafts)
+        self._bytes_appended += validated.size
         self._batches_appended += 1
-        return PutResult(topic, queue_id, first_queue_offset,
-                         [entry[0] for entry in appended.entries], appended.end_offset, now_ms)
+        return PutResult(topic, queue_id, first_queue_offset, appended.commit_offsets,
+                         appended.end_offset, now_ms)
 
     # -- flushing -----------------------------------------------------------------------
     def plan_flush(self, *, with_indexes: bool = True) -> FlushPlan:

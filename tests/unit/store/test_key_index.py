@@ -110,7 +110,7 @@ def test_a_new_file_keeps_the_indexed_mark_through_a_crash(tmp_path: Path) -> No
     recovered.close()
 
 
-def test_put_many_writes_exactly_what_put_writes(tmp_path: Path) -> None:
+def test_put_hashes_writes_exactly_what_put_writes(tmp_path: Path) -> None:
     items = [(f"orders#k{i % 37}", 1000 + 100 * i) for i in range(200)]  # collisions too
     one_by_one = KeyIndex(str(tmp_path / "one"), SLOTS, 256)
     together = KeyIndex(str(tmp_path / "many"), SLOTS, 256)
@@ -122,7 +122,7 @@ def test_put_many_writes_exactly_what_put_writes(tmp_path: Path) -> None:
         together.put(key, offset, 5_000)
     for key, offset in items[50:]:
         one_by_one.put(key, offset, 9_000)
-    together.put_many(items[50:], 9_000)
+    together.put_hashes([(key_hash(key), offset) for key, offset in items[50:]], 9_000)
     for index in (one_by_one, together):
         index.mark_indexed(99_999)
     assert bytes(one_by_one.files[-1].segment.map) == bytes(together.files[-1].segment.map)

@@ -59,6 +59,8 @@ def garbage_properties_draft(topic: str) -> bytes:
     lambda: [garbage_properties_draft("T")],  # the index could never read its keys
     lambda: [encode_draft("T", b"x", {"KEYS": " ".join(f"k{i}" for i in range(300))})],
     lambda: [encode_draft("T", b"x")[:-1]],  # parts do not add up
+    lambda: [encode_draft("T", b"x") + encode_draft("T", b"y")],  # two records in one draft
+    lambda: [encode_draft("T", b"x"), b""],  # an empty draft
 ])
 def test_bad_batches_are_refused_with_nothing_written(store: MessageStore,
                                                       drafts_for: object) -> None:
@@ -69,6 +71,20 @@ def test_bad_batches_are_refused_with_nothing_written(store: MessageStore,
     assert store.max_offset("T", 0) == 0
     store.put_batch("T", 0, [encode_draft("T", b"fine", {"KEYS": "k"})])
     assert store.max_offset("T", 0) == 1
+    check_store(store)
+
+
+@pytest.mark.parametrize("records", [
+    b"", b"short", encode_draft("T", b"x")[:-1], encode_draft("T", b"x") + b"\0" * 8])
+def test_bad_packed_batches_are_refused_with_nothing_written(store: MessageStore,
+                                                             records: bytes) -> None:
+    with pytest.raises(MessageIllegal):
+        store.put_packed("T", 0, records)
+    assert store.log.write_offset == 0
+    packed = encode_draft("T", b"a", {"KEYS": "k"}) + encode_draft("T", b"b")
+    assert store.put_packed("T", 0, memoryview(packed)).count == 2
+    assert [record.body for record in iter_records(store.get_messages("T", 0, 0).data)] == \
+        [b"a", b"b"]
     check_store(store)
 
 
@@ -102,9 +118,7 @@ def test_records_with_unreadable_properties_in_an_old_log_do_not_stop_recovery(
     store.put_batch("T", 0, [encode_draft("T", b"before", {"KEYS": "k"})])
     raw = garbage_properties_draft("T")
     appended = store.log.append_batch(b"T", 0, 1, [raw], 0, 0)  # as an old version would
-    store.dispatcher.dispatch_batch(store.queues.get_or_create("T", 0), 1, [
-        (offset, size, tag, 0) for offset, size, tag, _ in appended.entries],
-        appended.end_offset, 0, {})
+    store.dispatcher.dispatch_batch(store.queues.get_or_create("T", 0), 1, appended, 0, [])
     store.abandon()
     reopened = MessageStore(config_for(tmp_path))
     report = reopened.open()

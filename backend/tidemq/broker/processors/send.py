@@ -1,50 +1,25 @@
-"""SEND_MESSAGE / SEND_BATCH: split the body into record drafts, store, acknowledge.
+"""SEND_MESSAGE / SEND_BATCH: store the body's record drafts, acknowledge.
 
 The body is record drafts back to back, never re-encoded: each draft's first u32 is its
-total size, so splitting is a walk over sizes (memoryview slices, no copies). A send is
-acknowledged once stored under the flush mode (DESIGN.md section 5); then parked pulls of
-the queue are woken (long polling).
+total size. The store takes the body as it came (``put_packed``): one pass checks the
+drafts, one copy puts the whole batch into the commit log. A send is acknowledged once
+stored under the flush mode (DESIGN.md section 5); then parked pulls of the queue are woken
+(long polling).
 """
 
 from __future__ import annotations
 
-import struct
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from tidemq.common.ids import encode_message_ids
 from tidemq.errors import InvalidArgument, MessageIllegal
 from tidemq.protocol import fields
 from tidemq.protocol.codes import RequestCode
-from tidemq.protocol.events import Body, Request, Response
-from tidemq.protocol.record import HEADER_SIZE
+from tidemq.protocol.events import Request, Response
 
 if TYPE_CHECKING:
     from tidemq.broker.node import Broker, Processor
     from tidemq.net import ServerConnectionContext
-
-_SIZE: Final = struct.Struct("<I")
-
-
-def split_drafts(body: Body, max_message_size: int) -> list[memoryview]:
-    """Cut a send body into drafts. Raises MessageIllegal on a malformed or oversize one."""
-    view = memoryview(body)
-    drafts: list[memoryview] = []
-    position = 0
-    end = len(view)
-    if end == 0:
-        raise MessageIllegal("a send carries no record")
-    while position < end:
-        if end - position < HEADER_SIZE:
-            raise MessageIllegal("a record is cut short")
-        size = _SIZE.unpack_from(view, position)[0]
-        if size > max_message_size:
-            raise MessageIllegal(f"a record of {size} bytes exceeds the limit of "
-                                 f"{max_message_size}")
-        if size < HEADER_SIZE or position + size > end:
-            raise MessageIllegal("a record's size does not match the body")
-        drafts.append(view[position:position + size])
-        position += size
-    return drafts
 
 
 async def handle_send(broker: Broker, request: Request, context: ServerConnectionContext
@@ -52,10 +27,11 @@ async def handle_send(broker: Broker, request: Request, context: ServerConnectio
     topic_name = fields.string(request.fields, "topic")
     queue_id = fields.integer(request.fields, "queue_id", -1, minimum=-1)
     config = broker.config.store
+    if not request.body:
+        raise MessageIllegal("a send carries no record")
     if len(request.body) > config.append_batch_bytes_max:
         raise MessageIllegal(f"a batch of {len(request.body)} bytes exceeds the limit of "
                              f"{config.append_batch_bytes_max}")
-    drafts = split_drafts(request.body, config.max_message_size_bytes)
     topic, created = broker.topics.for_send(topic_name)
     if created:
         await broker.persist_topics()
@@ -65,8 +41,7 @@ async def handle_send(broker: Broker, request: Request, context: ServerConnectio
         raise InvalidArgument(f"queue {queue_id} of {topic_name!r} does not exist "
                               f"({topic.write_queue_count} write queues)")
     try:
-        result = await broker.store_service.put_batch(topic_name, queue_id,
-                                                      drafts)  # type: ignore[arg-type]
+        result = await broker.store_service.put_packed(topic_name, queue_id, request.body)
     finally:
         # Also when the fsync wait failed or was cancelled: the records may be stored,
         # and parked pulls must see them now, not at their timeout.
