@@ -45,10 +45,10 @@ class ClientBenchResult:
 
 async def produce(broker: str, topic: str, messages: int, in_flight: int,
                   batch: int, api: str = "submit") -> ClientBenchResult:
-    """W1. ``api``: ``submit`` (one task hands messages over, ``in_flight`` bounds what
-    is under way, every PendingSend's result is checked), ``send`` (``in_flight`` tasks
-    each awaiting ``send()``), or with ``batch`` > 1 ``send_batch`` from ``in_flight``
-    tasks."""
+    """W1 with ``in_flight`` messages under way at most. ``api``: ``submit`` (one task
+    hands messages over, every PendingSend's result is checked) or ``send`` (``in_flight``
+    tasks each awaiting ``send()``); with ``batch`` > 1, ``in_flight // batch`` tasks each
+    awaiting ``send_batch`` of ``batch``."""
     body = os.urandom(BODY_BYTES)
     async with Producer(brokers=[broker], max_in_flight=max(in_flight, 1)) as producer:
         await producer.send(topic, body)  # route warm-up (not timed)
@@ -69,7 +69,8 @@ async def produce(broker: str, topic: str, messages: int, in_flight: int,
                 raise RuntimeError(f"{messages - acked} of {messages} sends failed")
             return ClientBenchResult(f"W1 produce 1 KiB, submit(), {in_flight} in flight",
                                      messages, seconds)
-        per_sender = math.ceil(messages / in_flight / batch)
+        senders = max(1, in_flight // batch) if batch > 1 else in_flight
+        per_sender = math.ceil(messages / senders / batch)
 
         async def sender() -> None:
             for _ in range(per_sender):
@@ -80,12 +81,12 @@ async def produce(broker: str, topic: str, messages: int, in_flight: int,
 
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
-            for _ in range(in_flight):
+            for _ in range(senders):
                 nursery.start_soon(sender)
         seconds = time.perf_counter() - start
-    how = f"{in_flight} concurrent send()" if batch == 1 else \
-        f"{in_flight} concurrent send_batch() of {batch}"
-    return ClientBenchResult(f"W1 produce 1 KiB, {how}", per_sender * in_flight * batch,
+    how = f"{senders} concurrent send()" if batch == 1 else \
+        f"{senders} concurrent send_batch() of {batch}"
+    return ClientBenchResult(f"W1 produce 1 KiB, {how}", per_sender * senders * batch,
                              seconds)
 
 
@@ -167,8 +168,9 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--brokers", help="use this running broker instead of starting one")
     parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--in-flight", type=int, default=256,
-                        help="concurrent sends (the bounded in-flight window)")
+    parser.add_argument("--in-flight", type=int, default=1000,
+                        help="the bounded in-flight window (sends under way at once; "
+                             "with --api send or --batch, that many tasks)")
     parser.add_argument("--batch", type=int, default=1, help="messages per send")
     parser.add_argument("--api", choices=["submit", "send"], default="submit",
                         help="W1 single sends: submit() from one task (default) or "
