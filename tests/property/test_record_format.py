@@ -294,3 +294,23 @@ def test_a_template_refuses_a_birth_time_out_of_range(unique_id: str) -> None:
         template.encode(b"body", unique_id, 2**64)
     with pytest.raises(MessageIllegal):
         template.encode(b"body", unique_id, -1)
+
+
+@given(st.lists(st.tuples(st.binary(max_size=300),
+                          st.one_of(st.text(alphabet="0123456789abcdef", min_size=32,
+                                            max_size=32),
+                                    st.text(min_size=1, max_size=40))),
+                max_size=20),
+       st.integers(min_value=0, max_value=2**63 - 1))
+def test_encoding_many_drafts_at_once_equals_encoding_each(
+        messages: list[tuple[bytes, str]], born_ms: int) -> None:
+    template = DraftTemplate("orders", {"region": "eu"}, tag="created")
+    bodies = [body for body, _ in messages]
+    unique_ids = [unique_id for _, unique_id in messages]
+    assert template.encode_many(bodies, unique_ids, born_ms) == \
+        b"".join(template.encode(body, unique_id, born_ms) for body, unique_id in messages)
+
+
+def test_encoding_many_needs_one_unique_id_per_body() -> None:
+    with pytest.raises(ValueError, match="one unique id per body"):
+        DraftTemplate("orders").encode_many([b"a", b"b"], ["x"], 0)

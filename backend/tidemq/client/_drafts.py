@@ -37,6 +37,11 @@ class _UniqueIds:
     def next(self) -> str:
         return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFF:012x}"
 
+    def take(self, count: int) -> list[str]:
+        prefix = self.prefix
+        return [f"{prefix}{number & 0xFFFFFFFFFFFF:012x}"
+                for number in itertools.islice(self.counter, count)]
+
 
 _UNIQUE_IDS: Final = _UniqueIds()
 os.register_at_fork(after_in_child=_UNIQUE_IDS.reset)
@@ -127,8 +132,11 @@ def build_drafts(
         draft, unique_id = build_draft(bodies[0], template, born_timestamp_ms,
                                        max_message_size_bytes)
         return draft, [unique_id]
+    if set(map(type, bodies)) == {bytes} and max(map(len, bodies)) <= max_message_size_bytes:
+        unique_ids = _UNIQUE_IDS.take(len(bodies))  # a batch of plain bytes: one pass
+        return template.encode_many(bodies, unique_ids, born_timestamp_ms), unique_ids
     drafts: list[bytes] = []
-    unique_ids: list[str] = []
+    unique_ids = []
     for body in bodies:
         if not isinstance(body, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a message body must be bytes, not {type(body).__name__}")

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -227,6 +227,29 @@ class DraftTemplate:
             raise MessageIllegal(f"a record field is out of range: {error}") from None
         return b"".join((record_header, topic, properties_bytes, body))
 
+
+    def encode_many(self, bodies: Sequence[bytes], unique_ids: Sequence[str],
+                    born_timestamp_ms: int) -> bytes:
+        """The drafts of ``bodies`` (with ``unique_ids``, pairwise) back to back: what
+        joining ``encode`` of each gives, in one pass and one final copy."""
+        if len(bodies) != len(unique_ids):
+            raise ValueError("one unique id per body")
+        encoded_ids = [unique_id.encode() for unique_id in unique_ids]
+        if any(len(encoded) != FAST_UNIQUE_ID_BYTES for encoded in encoded_ids):
+            return b"".join([self.encode(body, unique_id, born_timestamp_ms)
+                             for body, unique_id in zip(bodies, unique_ids, strict=True)])
+        pack, fixed_size = self._layout.pack, self._fixed_size
+        middle, tag_hash_bytes, tail = self._middle, self._tag_hash_bytes, self._tail
+        parts: list[bytes] = []
+        append = parts.append
+        try:
+            for body, encoded in zip(bodies, encoded_ids, strict=True):
+                append(pack(fixed_size + len(body), middle, born_timestamp_ms,
+                            tag_hash_bytes, len(body), tail, encoded))
+                append(body)
+        except struct.error as error:
+            raise MessageIllegal(f"a record field is out of range: {error}") from None
+        return b"".join(parts)
 
 FAST_UNIQUE_ID_BYTES: Final = 32
 """The length of the SDK's unique ids (32 hex digits), which templates encode fastest."""
