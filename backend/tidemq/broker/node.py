@@ -32,6 +32,7 @@ from tidemq.broker.store_service import StoreService
 from tidemq.broker.topics import TopicManager
 from tidemq.common.clock import Clock
 from tidemq.common.ids import encode_message_id
+from tidemq.common.units import KIB
 from tidemq.config import TidemqConfig
 from tidemq.errors import InvalidArgument, TideError
 from tidemq.net import ConnectionOptions, ServerConnectionContext, serve
@@ -48,6 +49,11 @@ Processor = Callable[["Broker", Request, ServerConnectionContext], Awaitable[Res
 CONSUMER_EXPIRY_S = 30.0
 HOUSEKEEPING_INTERVAL_S = 1.0
 OFFSET_PERSIST_INTERVAL_S = 1.0  # bounds what a crash makes a group re-read
+RECEIVE_SIZE_BYTES = 256 * KIB
+"""Bytes a broker connection reads at a time. A producer's batch of 100 1 KiB messages is a
+~120 KiB frame: read 64 KiB at a time (the connection default) it took 2-3 reads and a
+partial-frame deadline each; at 256 KiB a sync-flush W1 cost the broker 7-8 us of CPU per
+message instead of 10-11.5 (interleaved runs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,8 @@ class Broker:
                 broker_config = self.config.broker
                 options = ConnectionOptions(
                     max_in_flight_requests=broker_config.max_in_flight_requests,
-                    frame_stall_timeout_ms=broker_config.frame_stall_timeout_ms)
+                    frame_stall_timeout_ms=broker_config.frame_stall_timeout_ms,
+                    receive_size_bytes=RECEIVE_SIZE_BYTES)
                 identity = {"cluster": broker_config.cluster, "group": broker_config.group}
                 addresses = await nursery.start(partial(
                     serve, self.handle, broker_config.host, broker_config.port,

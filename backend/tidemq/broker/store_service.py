@@ -3,15 +3,18 @@
     put_batch (event loop) --> MessageStore.put_batch (memcpy into mmap, dispatch)
          |  flush = "sync": wait until the flusher has fsync'd past the batch's end
          v
-    flusher task:   plan_flush (loop) -> FlushPlan.execute (worker thread) -> complete_flush
+    flusher task:   plan_flush (loop) -> FlushPlan.execute (worker thread) -> complete_flush,
+                    then at once the next flush while writers wait (flush_chain.py)
     preparer task:  preallocate + populate the next segment (worker thread) as soon as
                     the active one starts, so a roll never waits for it
     retention task: apply_retention every retention_check_interval_ms
 
 Group commit: while one fsync runs in its thread, more writers append; the next flush
-covers all of them with one fsync. ``flush = "async"`` acknowledges at once and fsyncs every
-``flush_interval_ms``; ``flush = "sync"`` acknowledges after the batch's fsync, or raises
-``FlushTimeout`` after ``sync_flush_timeout_ms`` (the record is stored, not yet durable).
+covers all of them with one fsync, and starts as soon as the previous one is done (from its
+completion callback, not after the flusher task is scheduled again). ``flush = "async"``
+acknowledges at once and fsyncs every ``flush_interval_ms``; ``flush = "sync"``
+acknowledges after the batch's fsync, or raises ``FlushTimeout`` after
+``sync_flush_timeout_ms`` (the record is stored, not yet durable).
 
 Shutdown is cancellation: ``run`` closes the store (final flush + checkpoint) in a shielded
 scope, so everything acknowledged is flushed on SIGINT/SIGTERM.
@@ -25,6 +28,7 @@ from typing import final
 
 import trio
 
+from tidemq.broker.flush_chain import FlushChain
 from tidemq.common.buffers import Buffer
 from tidemq.config import StoreConfig
 from tidemq.errors import FlushTimeout, StoreClosed, TideError
@@ -145,9 +149,14 @@ class StoreService:
         done.set()
 
     async def _flush_loop(self) -> None:
+        """Flush every ``flush_interval_ms``, or at once when a writer waits; then keep
+        flushing back to back while writers wait on what was appended meanwhile (see
+        ``flush_chain``). Every ``checkpoint_interval_ms`` a flush also covers the consume
+        queues, the index and a checkpoint."""
         interval_s = self.config.flush_interval_ms / 1000
-        checkpoint_s = self.config.checkpoint_interval_ms / 1000
         log = self.store.log
+        chain = FlushChain(self.store, on_flushed=self._publish_flush,
+                           wants_more=self._more_to_flush)
         while True:
             if not self._flush_waiters:
                 with trio.move_on_after(interval_s):
@@ -157,18 +166,26 @@ class StoreService:
             # starts, so one fsync covers all of them rather than the first few.
             await trio.lowlevel.checkpoint()
             now = trio.current_time()
-            with_indexes = now - self._last_checkpoint >= checkpoint_s
+            with_indexes = self._checkpoint_due(now)
             if not with_indexes and log.flushed_offset >= log.write_offset:
                 if self._flush_waiters:
                     await self._flush_wanted.wait()
                 continue
-            plan = self.store.plan_flush(with_indexes=with_indexes)
-            await trio.to_thread.run_sync(plan.execute)
-            self.store.complete_flush(plan)
-            self.flushes += 1
             if with_indexes:
                 self._last_checkpoint = now
-            self._publish_flush()
+            self.flushes += await chain.run(self.store.plan_flush(with_indexes=with_indexes))
+
+    def _checkpoint_due(self, now: float) -> bool:
+        return now - self._last_checkpoint >= self.config.checkpoint_interval_ms / 1000
+
+    def _more_to_flush(self) -> bool:
+        """Whether a flush just published should be followed at once by another: writers
+        wait on bytes appended since it was planned, and no checkpoint is due (that one
+        the loop makes, with the indexes)."""
+        log = self.store.log
+        return self._running and self._flush_waiters > 0 and \
+            log.flushed_offset < log.write_offset and \
+            not self._checkpoint_due(trio.current_time())
 
     async def _timeout_ticker(self) -> None:
         """Wake flush waiters now and then, so they notice their deadline even while an
