@@ -41,7 +41,11 @@ class PullWaiters:
         finally:
             self._waiting -= 1
 
-    def notify(self, topic: str, queue_id: int) -> None:
+    def notify(self, topic: str, queue_id: int) -> bool:
+        """Wake every pull parked on the queue. Returns whether there was one (a sender may
+        then let them answer before its own acknowledgement)."""
         event = self._events.pop((topic, queue_id), None)
-        if event is not None:
-            event.set()
+        if event is None:
+            return False
+        event.set()
+        return True

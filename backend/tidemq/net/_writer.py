@@ -9,6 +9,19 @@ one writer task that joins whatever is queued into one ``send`` (up to
                                 |<-- queued_bytes -------->|
     producers --await wait_ready()-- while queued_bytes >= high_water_bytes
 
+Latency: a frame written while nothing is queued or being sent, and no frame went out
+directly since the writer task last ran, is sent at once by ``write_nowait`` itself, with
+one non-blocking ``send`` on the socket (Trio, plain TCP only): the writer task would reach
+it only in the scheduler's next pass, and every pass a message waits for on each hop added
+up to a fifth of W3's end-to-end latency. The writer task is then woken once, so frames
+written later in the same pass are queued and leave together, as before: under load a pass
+costs at most one direct ``send`` more than it did. Whatever the socket does not take at
+once (a full buffer, an error) is queued in front, and the writer task sends it or records
+the error. Other streams (TLS, asyncio's transports, test streams) always go through the
+writer task, since only it may call their ``send``. Nor does a task that is being
+cancelled send directly (a handler whose connection was just closed): its frame is queued,
+and leaves only if the writer task is still running.
+
 Back-pressure: producers call ``await wait_ready()`` before producing a frame, so the queue
 stays near ``high_water_bytes`` (it may exceed it by one frame per waiting producer, which
 the callers bound with their own in-flight limits). A peer that stops reading therefore
@@ -22,6 +35,8 @@ writer then counts as closed, so waiting producers wake up and see it.
 from __future__ import annotations
 
 import collections
+import math
+import socket
 from typing import final
 
 import anyio
@@ -51,6 +66,16 @@ class FrameWriter:
         self._failure: Exception | None = None
         self._data_queued = anyio.Event()
         self._progress = anyio.Event()
+        self._socket = _direct_socket(stream)
+        self._sending = False
+        """The writer task is inside ``stream.send``: nothing may be sent beside it."""
+        self._direct_sent = False
+        """A frame went out directly and the writer task has not run since."""
+
+    @property
+    def direct_sends(self) -> bool:
+        """Whether ``write_nowait`` may send on the socket itself (see the module docstring)."""
+        return self._socket is not None
 
     @property
     def queued_bytes(self) -> int:
@@ -69,6 +94,17 @@ class FrameWriter:
     def write_nowait(self, frame: bytes) -> None:
         """Queue ``frame`` for sending. The caller checks ``closed`` first."""
         assert not self._closed, "write after close"
+        if self._socket is not None and not self._queue and not self._sending and \
+                not self._direct_sent and anyio.current_effective_deadline() != -math.inf:
+            try:
+                sent = self._socket.send(frame)
+            except OSError:  # would block, or failed: the writer task retries and reports
+                sent = 0
+            self._direct_sent = True
+            self._data_queued.set()  # the writer task clears _direct_sent in its next pass
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
         self._queue.append(frame)
         self._queued_bytes += len(frame)
         self._data_queued.set()
@@ -97,6 +133,7 @@ class FrameWriter:
     async def run(self) -> None:
         """Send queued frames until closed and drained, or until a send fails."""
         while True:
+            self._direct_sent = False
             if not self._queue:
                 if self._closed:
                     return
@@ -104,6 +141,7 @@ class FrameWriter:
                 self._data_queued = anyio.Event()
                 continue
             batch, batch_bytes = self._take_batch()
+            self._sending = True
             try:
                 await self._stream.send(batch)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
@@ -111,6 +149,8 @@ class FrameWriter:
                 self._closed = True
                 self._signal_progress()
                 return
+            finally:
+                self._sending = False
             self._queued_bytes -= batch_bytes
             self._signal_progress()
 
@@ -127,3 +167,19 @@ class FrameWriter:
     def _signal_progress(self) -> None:
         self._progress.set()
         self._progress = anyio.Event()
+
+
+def _direct_socket(stream: anyio.abc.ByteSendStream) -> socket.socket | None:
+    """The socket ``write_nowait`` may send on itself: a plain TCP stream on Trio, where the
+    stream's ``send`` is a loop of non-blocking socket sends that keeps no bytes of its own.
+    (asyncio's streams buffer in a transport, which a direct send would overtake; a TLS
+    stream's socket carries ciphertext.)"""
+    if not isinstance(stream, anyio.abc.SocketStream):
+        return None
+    try:
+        if not anyio.get_cancelled_exc_class().__module__.startswith("trio"):
+            return None  # asyncio
+    except RuntimeError:  # no event loop running
+        return None
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    return raw if isinstance(raw, socket.socket) else None
