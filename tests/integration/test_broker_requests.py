@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from tidemq.broker.node import Broker, BrokerStarted
+from tidemq.common.ids import encode_message_ids
 from tidemq.errors import (
     GroupNotFound,
     InvalidArgument,
@@ -32,9 +33,11 @@ async def test_send_then_pull_returns_the_records(running_broker: Running) -> No
                                  body)
         assert sent.fields["queue_id"] == 2
         assert sent.fields["first_queue_offset"] == 0
-        msg_ids = sent.fields["msg_ids"]
-        assert isinstance(msg_ids, list)
-        assert len(msg_ids) == 10
+        prefix, commit_offsets = sent.fields["msg_id_prefix"], sent.fields["commit_offsets"]
+        assert isinstance(prefix, str)
+        assert isinstance(commit_offsets, list)
+        assert len(commit_offsets) == 10
+        msg_ids = encode_message_ids(prefix, commit_offsets)  # type: ignore[arg-type]
         pulled = await client.call(RequestCode.PULL_MESSAGE, {
             "group": "g", "topic": "orders", "queue_id": 2, "offset": 0, "max_count": 100})
         records = list(iter_records(pulled.body))
@@ -210,7 +213,8 @@ async def test_client_input_cannot_grow_broker_state_without_bound(
         await client.call(RequestCode.CREATE_TOPIC, {"topic": "one", "queue_count": 1})
         sent = await client.call(RequestCode.SEND_MESSAGE, {"topic": "one", "queue_id": 0},
                                  encode_draft("one", b"x"))
-        msg_id = sent.fields["msg_ids"][0]  # type: ignore[index]
+        msg_id = encode_message_ids(sent.fields["msg_id_prefix"],  # type: ignore[arg-type]
+                                    sent.fields["commit_offsets"])[0]  # type: ignore[arg-type]
         with pytest.raises(GroupNotFound):  # a made-up group may not create retry topics
             await client.call(RequestCode.SEND_BACK, {"group": "made-up", "msg_id": msg_id})
         with pytest.raises(InvalidArgument):

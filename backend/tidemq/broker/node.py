@@ -31,7 +31,7 @@ from tidemq.broker.queue_locks import QueueLocks
 from tidemq.broker.store_service import StoreService
 from tidemq.broker.topics import TopicManager
 from tidemq.common.clock import Clock
-from tidemq.common.ids import encode_message_id
+from tidemq.common.ids import encode_message_id, message_id_prefix
 from tidemq.common.units import KIB
 from tidemq.config import TidemqConfig
 from tidemq.errors import InvalidArgument, TideError
@@ -198,6 +198,10 @@ class Broker:
     # -- helpers shared by processors ---------------------------------------------------
     def message_id(self, commit_offset: int) -> str:
         return encode_message_id(self._host_compact, self.port, commit_offset)
+
+    def message_id_prefix(self) -> str:
+        """What this broker's message ids start with (its address and port, as hex)."""
+        return message_id_prefix(self._host_compact, self.port)
 
     def next_queue(self, topic: str, queue_count: int) -> int:
         position = self._round_robin.get(topic, -1) + 1

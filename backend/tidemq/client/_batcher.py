@@ -42,6 +42,7 @@ from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._message import SendResult
 from tidemq.client._pool import BrokerPool
 from tidemq.client._routes import MessageQueue
+from tidemq.common.ids import encode_message_ids
 from tidemq.errors import MessageIllegal, TideError
 from tidemq.net import ConnectionClosed
 from tidemq.protocol.codes import RequestCode
@@ -265,14 +266,18 @@ def send_results(topic: str, broker: str, response: Response, unique_ids: list[s
     fields = response.fields
     queue_id = fields.get("queue_id")
     first_offset = fields.get("first_queue_offset")
-    msg_ids = fields.get("msg_ids")
+    prefix = fields.get("msg_id_prefix")
+    commit_offsets = fields.get("commit_offsets")
     timestamp_ms = fields.get("store_timestamp_ms")
     if not (isinstance(queue_id, int) and isinstance(first_offset, int)
-            and isinstance(msg_ids, list) and isinstance(timestamp_ms, int)
-            and len(msg_ids) == len(unique_ids)):
+            and isinstance(prefix, str) and isinstance(commit_offsets, list)
+            and isinstance(timestamp_ms, int) and len(commit_offsets) == len(unique_ids)):
         raise TideError(f"the broker's send answer is malformed: {dict(fields)!r}")
+    try:  # the broker names records by commit offset; the ids are made here
+        msg_ids = encode_message_ids(prefix, commit_offsets)
+    except (TypeError, ValueError):
+        raise TideError(f"the broker's send answer is malformed: {dict(fields)!r}") from None
     # positional: one of these per message sent, and keywords cost a third more
-    return [SendResult(msg_id if type(msg_id) is str else str(msg_id), unique_id, topic,
-                       queue_id, offset, broker, timestamp_ms)
+    return [SendResult(msg_id, unique_id, topic, queue_id, offset, broker, timestamp_ms)
             for offset, msg_id, unique_id in zip(range(first_offset, first_offset + len(msg_ids)),
                                                  msg_ids, unique_ids, strict=True)]

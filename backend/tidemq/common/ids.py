@@ -46,16 +46,26 @@ def encode_message_id(host_packed: bytes, port: int, commit_offset: int) -> str:
     return (host_packed + _TAIL.pack(port, commit_offset)).hex().upper()
 
 
-def encode_message_ids(first_id: str, commit_offsets: Sequence[int]) -> list[str]:
-    """The ids of ``commit_offsets`` on the host and port that ``first_id`` (any id that
-    ``encode_message_id`` made there) names: one string format per id, not a packing.
+def message_id_prefix(host_packed: bytes, port: int) -> str:
+    """What every message id of one broker starts with: its address and port, as hex (a
+    send's answer carries it once, with the records' commit offsets, not one id each).
+
+    Raises:
+        ValueError: the address is not 4 or 16 bytes, or the port is out of range.
+    """
+    return encode_message_id(host_packed, port, 0)[:-_OFFSET_HEX_DIGITS]
+
+
+def encode_message_ids(prefix: str, commit_offsets: Sequence[int]) -> list[str]:
+    """The ids of ``commit_offsets`` on the broker that ``prefix`` (``message_id_prefix``)
+    names: one string format per id, not a packing.
 
     Raises:
         ValueError: an offset is out of range.
+        TypeError: an offset is not an integer.
     """
     if commit_offsets and (min(commit_offsets) < 0 or max(commit_offsets) >= 2**64):
         raise ValueError("a commit offset is out of range")
-    prefix = first_id[:-_OFFSET_HEX_DIGITS]
     return [f"{prefix}{offset:016X}" for offset in commit_offsets]
 
 

@@ -52,7 +52,8 @@ class FakePool:
         self.offsets[queue_id] = first + len(drafts)
         self.stored.extend(drafts)
         return Response(0, 1, {"queue_id": queue_id, "first_queue_offset": first,
-                               "msg_ids": [f"id{first + i}" for i in range(len(drafts))],
+                               "msg_id_prefix": "id",
+                               "commit_offsets": [first + i for i in range(len(drafts))],
                                "store_timestamp_ms": 1})
 
 
@@ -96,7 +97,7 @@ async def test_sends_arriving_while_one_is_in_flight_go_out_together_in_order() 
     offsets = [cast(SendResult, results[d]).queue_offset for d in drafts]
     assert offsets == list(range(10))
     assert [cast(SendResult, results[d]).msg_id for d in drafts] == \
-        [f"id{i}" for i in range(10)]
+        [f"id{i:016X}" for i in range(10)]
     assert [cast(SendResult, results[d]).unique_id for d in drafts] == [d.hex() for d in drafts]
 
 

@@ -48,7 +48,8 @@ class ScriptedNetwork:
         first = self.offsets.get((address, queue_id), 0)
         self.offsets[(address, queue_id)] = first + count
         return Response(0, 1, {"queue_id": queue_id, "first_queue_offset": first,
-                               "msg_ids": [f"{address}/{first + i}" for i in range(count)],
+                               "msg_id_prefix": address,
+                               "commit_offsets": [first + i for i in range(count)],
                                "store_timestamp_ms": 1})
 
 

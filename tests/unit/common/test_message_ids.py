@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidemq.common.ids import MessageId, decode_message_id, encode_message_id, host_bytes
+from tidemq.common.ids import (
+    MessageId,
+    decode_message_id,
+    encode_message_id,
+    encode_message_ids,
+    host_bytes,
+    message_id_prefix,
+)
 
 
 @given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)),
@@ -49,3 +56,19 @@ def test_host_bytes() -> None:
     assert len(host_bytes("::1")) == 16
     with pytest.raises(ValueError):
         host_bytes("localhost")
+
+
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), st.integers(0, 65535),
+       st.lists(st.integers(0, 2**64 - 1), max_size=8))
+def test_ids_from_a_prefix_are_the_ids_of_each_offset(
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int,
+        offsets: list[int]) -> None:
+    prefix = message_id_prefix(address.packed, port)
+    assert encode_message_ids(prefix, offsets) == \
+        [encode_message_id(address.packed, port, offset) for offset in offsets]
+
+
+@pytest.mark.parametrize("offsets", [[-1], [2**64], [0, 2**64]])
+def test_ids_from_a_prefix_refuse_offsets_out_of_range(offsets: list[int]) -> None:
+    with pytest.raises(ValueError):
+        encode_message_ids(message_id_prefix(b"\x7f\x00\x00\x01", 1), offsets)

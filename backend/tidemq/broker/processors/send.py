@@ -5,13 +5,16 @@ total size. The store takes the body as it came (``put_packed``): one pass check
 drafts, one copy puts the whole batch into the commit log. A send is acknowledged once
 stored under the flush mode (DESIGN.md section 5); then parked pulls of the queue are woken
 (long polling).
+
+The answer names each record by its commit offset, and the broker's address once
+(``msg_id_prefix``): the client makes the message ids (``common.ids.encode_message_ids``),
+so the broker formats no string per message and sends ~9 bytes per record, not ~30.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidemq.common.ids import encode_message_ids
 from tidemq.errors import InvalidArgument, MessageIllegal
 from tidemq.protocol import fields
 from tidemq.protocol.codes import RequestCode
@@ -51,7 +54,8 @@ async def handle_send(broker: Broker, request: Request, context: ServerConnectio
     return request.respond({
         "queue_id": queue_id,
         "first_queue_offset": result.first_queue_offset,
-        "msg_ids": encode_message_ids(broker.message_id(0), result.commit_offsets),
+        "msg_id_prefix": broker.message_id_prefix(),
+        "commit_offsets": result.commit_offsets,
         "store_timestamp_ms": result.store_timestamp_ms,
     })
 
