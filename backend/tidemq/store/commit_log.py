@@ -32,6 +32,7 @@ from tidemq.protocol.record import (
     CRC_START,
     END_OF_SEGMENT_MAGIC,
     END_OF_SEGMENT_SIZE,
+    FLAG_INDEXED,
     HEADER_SIZE,
     RECORD_MAGIC,
     SIZE_MAGIC,
@@ -52,11 +53,13 @@ HOLE_MAGIC: Final = 0x484F4C45  # "HOLE": a corrupt range replaced at recovery; 
 
 @dataclass(frozen=True, slots=True)
 class ValidatedBatch:
-    """A checked batch: its size in bytes and each draft's (size, tag_hash, flags,
-    properties_length), in order."""
+    """A checked batch: its size in bytes, each draft's (size, tag_hash) in order, and for
+    each draft with ``FLAG_INDEXED`` (its number in the batch, where its properties start,
+    their length)."""
 
     size: int
-    drafts: list[tuple[int, int, int, int]]
+    drafts: list[tuple[int, int]]
+    indexed: list[tuple[int, int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +97,8 @@ class CommitLog:
         its total size: a send request's body), in one pass over their headers.
 
         Returns:
-            The batch's size in bytes, and each draft's (size, tag_hash, flags,
-            properties_length).
+            The batch's size, each draft's size and tag hash, and where the properties of
+            its indexed drafts are (see ``ValidatedBatch``).
 
         Raises:
             MessageIllegal: empty, a draft is cut short, malformed, too large, or names
@@ -109,8 +112,10 @@ class CommitLog:
         topic_length_expected = len(topic_bytes)
         limit = self.max_message_size
         unpack = _DRAFT_FIELDS.unpack_from
-        drafts: list[tuple[int, int, int, int]] = []
+        drafts: list[tuple[int, int]] = []
         add = drafts.append
+        indexed: list[tuple[int, int, int]] = []
+        properties_at = topic_end
         position = 0
         while position < end:
             if end - position < HEADER_SIZE:
@@ -127,9 +132,11 @@ class CommitLog:
             if topic_length != topic_length_expected or \
                     view[position + HEADER_SIZE:position + topic_end] != topic_bytes:
                 raise MessageIllegal("a record of the batch names another topic")
-            add((size, tag, flags, props))
+            if flags & FLAG_INDEXED:
+                indexed.append((len(drafts), position + properties_at, props))
+            add((size, tag))
             position += size
-        return ValidatedBatch(end, drafts)
+        return ValidatedBatch(end, drafts, indexed)
 
     def append_batch(self, topic_bytes: bytes, queue_id: int, first_queue_offset: int,
                      drafts: Sequence[Buffer], now_ms: int, leader_epoch: int
@@ -170,7 +177,7 @@ class CommitLog:
         add_entry = queue_entries.append
         queue_offset = first_queue_offset
         first_commit_offset = self.write_offset
-        for size, tag, _flags, _props in validated.drafts:
+        for size, tag in validated.drafts:
             commit_offset = base + position
             stamp(target, position + STAMP_OFFSET, queue_id, leader_epoch, queue_offset,
                   commit_offset, now_ms, host, port)

@@ -27,7 +27,7 @@ from tidemq.protocol.record import (
 from tidemq.store.commit_log import AppendedBatch, CommitLog, ValidatedBatch
 from tidemq.store.consume_queue import ConsumeQueue
 from tidemq.store.files import store_error
-from tidemq.store.index import KeyIndex, key_hash_continued, key_hash_seed
+from tidemq.store.index import KeyIndex, key_hash_seed
 from tidemq.store.record_keys import KeyReader
 
 _LENGTHS: Final = struct.Struct("<IIH")  # body, properties, topic lengths at offset 104
@@ -160,23 +160,11 @@ class Dispatcher:
                 file holds.
             DiskFull: no room for a new consume-queue segment or index file.
         """
-        keys: list[tuple[int, int]] = []
-        view = memoryview(records)
-        seed = key_hash_seed(topic_bytes + b"#")  # index_key(topic, key), as a CRC seed
-        properties_at = HEADER_SIZE + len(topic_bytes)
-        read_keys = self._key_reader.read
-        hash_key = key_hash_continued
-        add = keys.append
-        start = 0
-        for position, (size, _tag, flags, properties_length) in enumerate(validated.drafts):
-            if flags & FLAG_INDEXED:
-                try:
-                    record_keys = read_keys(view, start + properties_at, properties_length)
-                except ProtocolError as error:
-                    raise MessageIllegal(f"an indexed record's {error}") from None
-                for key in record_keys:
-                    add((position, hash_key(key, seed)))
-            start += size
+        try:
+            keys = self._key_reader.read_batch(memoryview(records), validated.indexed,
+                                               key_hash_seed(topic_bytes + b"#"))
+        except ProtocolError as error:
+            raise MessageIllegal(f"an indexed record's {error}") from None
         if len(keys) > self.index.entries_per_file:
             raise MessageIllegal(f"a batch of {len(keys)} keys exceeds the "
                                  f"{self.index.entries_per_file} of an index file")

@@ -139,20 +139,21 @@ class IndexFile:
         delta_s = min(max(0, (timestamp_ms - self.begin_timestamp_ms) // 1000), 0xFFFFFFFF)
         mapped = self.segment.map
         slots = self.slots
-        slots_start = HEADER.size
         entry_size = ENTRY.size
-        unpack_slot = SLOT.unpack_from
-        pack_slot = SLOT.pack_into
         pack_entry = ENTRY.pack_into
         position = self._entries_start + self.entry_count * entry_size
         count = self.entry_count
-        for hashed, commit_offset in items:
-            slot_position = slots_start + (hashed % slots) * 4
-            pack_entry(mapped, position, hashed, commit_offset, delta_s,
-                       unpack_slot(mapped, slot_position)[0])
-            position += entry_size
-            count += 1
-            pack_slot(mapped, slot_position, count)
+        # The slot table as u32s (as _repair_slots reads it): an index, not two struct calls
+        table = self.segment.view[HEADER.size:self._entries_start].cast("I")
+        try:
+            for hashed, commit_offset in items:
+                slot = hashed % slots
+                pack_entry(mapped, position, hashed, commit_offset, delta_s, table[slot])
+                position += entry_size
+                count += 1
+                table[slot] = count
+        finally:
+            table.release()
         self.entry_count = count
         self.end_timestamp_ms = max(self.end_timestamp_ms, timestamp_ms)
 

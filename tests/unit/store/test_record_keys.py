@@ -14,6 +14,7 @@ from tidemq.protocol.record import (
     PROPERTY_UNIQUE_ID,
     decode_properties,
 )
+from tidemq.store.index import key_hash, key_hash_seed
 from tidemq.store.record_keys import KeyReader
 
 
@@ -101,3 +102,47 @@ def test_reading_equals_a_full_decode(extra: dict[str, str], unique_ids: list[by
                 read(reader, block)
         else:
             assert read(reader, block) == expected
+
+
+@given(st.lists(st.tuples(property_maps, ids), min_size=1, max_size=8))
+def test_a_batch_reads_as_its_records_do(records: list[tuple[dict[str, str], bytes]]) -> None:
+    """``read_batch`` (its fast path inlined) gives what ``read`` gives, hashed."""
+    blocks: list[bytes] = []
+    for extra, unique_id in records:
+        try:
+            blocks.append(template_block(unique_id.ljust(32, b"0")[:32], extra))
+        except UnicodeDecodeError:
+            blocks.append(template_block(b"1" * 32, extra)[:-32] + unique_id[:32].ljust(32))
+    buffer = b"".join(blocks)
+    places: list[tuple[int, int, int]] = []
+    start = 0
+    for number, block in enumerate(blocks):
+        places.append((number, start, len(block)))
+        start += len(block)
+    seed = key_hash_seed(b"T#")
+    one_by_one = KeyReader()
+    try:
+        expected = [(number, key_hash(f"T#{key.decode()}"))
+                    for number, start, length in places
+                    for key in one_by_one.read(memoryview(buffer), start, length)]
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            KeyReader().read_batch(memoryview(buffer), places, seed)
+        return
+    reader = KeyReader()
+    assert reader.read_batch(memoryview(buffer), places, seed) == expected
+    assert reader.read_batch(memoryview(buffer), places, seed) == expected  # shapes learnt
+
+
+def test_a_batch_with_a_same_length_block_of_other_keys() -> None:
+    """TAGS and KEYS have the same length: the learnt id-only shape must not be applied
+    to a block that carries user keys."""
+    reader = KeyReader()
+    first = template_block(b"0" * 32, {"TAGS": "abcd"})
+    second = template_block(b"1" * 32, {PROPERTY_KEYS: "abcd"})
+    assert len(first) == len(second)
+    buffer = first + second
+    places = [(0, 0, len(first)), (1, len(first), len(second))]
+    seed = key_hash_seed(b"T#")
+    assert reader.read_batch(memoryview(buffer), places, seed) == [
+        (0, key_hash("T#" + "0" * 32)), (1, key_hash("T#abcd")), (1, key_hash("T#" + "1" * 32))]
