@@ -1,0 +1,85 @@
+"""A queue worker's pull loop (tidemq.client._queue_worker), over a fake broker pool."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import anyio
+
+from tidemq.client._core import ConsumerCore
+from tidemq.client._lifecycle import OwnedTaskGroup
+from tidemq.client._message import Message
+from tidemq.client._queue_worker import QueueWorker
+from tidemq.client._routes import MessageQueue
+from tidemq.client._settings import ConsumerSettings, parse_topics
+from tidemq.client._tracker import QueueTracker
+from tidemq.protocol.codes import RequestCode, ResponseCode
+from tidemq.protocol.events import Body, Fields, Response
+from tidemq.protocol.record import STAMP, STAMP_OFFSET, encode_draft, pack_host, seal
+
+BROKER = "127.0.0.1:10911"
+
+
+def stored(topic: str, body: bytes, queue_offset: int) -> bytes:
+    """A record as the broker stores it (what a pull returns)."""
+    record = bytearray(encode_draft(topic, body))
+    STAMP.pack_into(record, STAMP_OFFSET, 0, 0, queue_offset, 100 * queue_offset, 1,
+                    pack_host("127.0.0.1"), 10911)
+    seal(record)
+    return bytes(record)
+
+
+class OnePullPool:
+    """Answers the first PULL with two records; records what the application had received
+    when the next PULL was sent, and never answers that one."""
+
+    def __init__(self, received: list[bytes]) -> None:
+        self.received = received
+        self.received_at_next_pull: list[bytes] | None = None
+        self.next_pull_sent = anyio.Event()
+        self.pulls = 0
+
+    async def call(self, address: str, code: RequestCode, fields: Fields, body: Body = b"",
+                   *, timeout_ms: int | None = None) -> Response:
+        assert code is RequestCode.PULL_MESSAGE
+        self.pulls += 1
+        if self.pulls == 1:
+            records = stored("orders", b"a", 0) + stored("orders", b"b", 1)
+            return Response(ResponseCode.SUCCESS, 1, {"next_offset": 2}, records)
+        self.received_at_next_pull = list(self.received)
+        self.next_pull_sent.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_receivers_take_a_pull_before_the_next_pull_goes_out() -> None:
+    """The end-to-end latency of a message includes whatever its queue worker does between
+    delivering it and yielding; building and sending the next pull is not needed first."""
+    received: list[bytes] = []
+    pool = OnePullPool(received)
+    settings = ConsumerSettings(group="g", client_id="c",
+                                subscriptions=parse_topics({"orders": "*"}))
+    core = ConsumerCore(cast(Any, pool), settings)
+    owned = OwnedTaskGroup()
+    await owned.enter()
+    core.bind(owned)
+    worker = QueueWorker(core, MessageQueue("orders", BROKER, 0), QueueTracker(0))
+
+    async def application() -> None:  # what Consumer.receive(max=32) does
+        batch: list[Message] = [await core.receive()]
+        core.receive_many_nowait(batch, 32)
+        received.extend(message.body for message in batch)
+
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(application)
+                await anyio.wait_all_tasks_blocked()  # the application waits first
+                # Background tasks live in the consumer's own task group (only closing it
+                # stops them), as Consumer.__aenter__ sets up.
+                await owned.task_group.start(worker.run)
+                await pool.next_pull_sent.wait()
+                group.cancel_scope.cancel()
+    finally:
+        await owned.close()
+    assert pool.received_at_next_pull == [b"a", b"b"]
