@@ -45,9 +45,9 @@ from tidemq.store.consume_queue import ENTRY as QUEUE_ENTRY
 from tidemq.store.mapped_file import MappedFile
 from tidemq.store.segments import SegmentQueue
 
-# total_size, magic, crc, flags, (skip 80) tag_hash, body_length, properties_length,
+# total_size, magic, (skip crc) flags, (skip 80) tag_hash, body_length, properties_length,
 # topic_length: everything append needs from a draft in one unpack.
-_DRAFT_FIELDS: Final = struct.Struct("<IIII80xQIIH")
+_DRAFT_FIELDS: Final = struct.Struct("<II4xI80xQIIH")
 HOLE_MAGIC: Final = 0x484F4C45  # "HOLE": a corrupt range replaced at recovery; readers skip
 
 
@@ -92,7 +92,7 @@ class CommitLog:
     def min_offset(self) -> int:
         return self.segments.min_offset
 
-    def validate_packed(self, topic_bytes: bytes, records: Buffer) -> ValidatedBatch:
+    def validate_packed(self, topic_bytes: bytes, records: bytes) -> ValidatedBatch:
         """Check a batch of draft records packed back to back (each draft's first u32 is
         its total size: a send request's body), in one pass over their headers.
 
@@ -104,8 +104,7 @@ class CommitLog:
             MessageIllegal: empty, a draft is cut short, malformed, too large, or names
                 another topic.
         """
-        view = memoryview(records)
-        end = len(view)
+        end = len(records)
         if not end:
             raise MessageIllegal("an empty batch")
         topic_end = HEADER_SIZE + len(topic_bytes)
@@ -120,7 +119,7 @@ class CommitLog:
         while position < end:
             if end - position < HEADER_SIZE:
                 raise MessageIllegal("a record is cut short")
-            size, magic, _crc, flags, tag, body, props, topic_length = unpack(view, position)
+            size, magic, flags, tag, body, props, topic_length = unpack(records, position)
             if magic != RECORD_MAGIC:
                 raise MessageIllegal("a record's magic does not match")
             if size > limit:
@@ -130,7 +129,7 @@ class CommitLog:
             if HEADER_SIZE + body + props + topic_length != size:
                 raise MessageIllegal("record parts do not add up to its size")
             if topic_length != topic_length_expected or \
-                    view[position + HEADER_SIZE:position + topic_end] != topic_bytes:
+                    not records.startswith(topic_bytes, position + HEADER_SIZE):
                 raise MessageIllegal("a record of the batch names another topic")
             if flags & FLAG_INDEXED:
                 indexed.append((len(drafts), position + properties_at, props))

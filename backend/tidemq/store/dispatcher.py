@@ -144,7 +144,7 @@ class Dispatcher:
             self.index.put(index_key(topic, key), commit_offset, timestamp_ms)
 
     def ensure_room(self, queue: ConsumeQueue, first_queue_offset: int, topic_bytes: bytes,
-                    records: Buffer, validated: ValidatedBatch,
+                    records: bytes, validated: ValidatedBatch,
                     commit_offset: int) -> list[tuple[int, int]]:
         """Create what a validated batch will need (consume-queue segment, room in one
         index file for all its keys) before the log is written, so a full disk fails the
@@ -161,7 +161,7 @@ class Dispatcher:
             DiskFull: no room for a new consume-queue segment or index file.
         """
         try:
-            keys = self._key_reader.read_batch(memoryview(records), validated.indexed,
+            keys = self._key_reader.read_batch(records, validated.indexed,
                                                key_hash_seed(topic_bytes + b"#"))
         except ProtocolError as error:
             raise MessageIllegal(f"an indexed record's {error}") from None

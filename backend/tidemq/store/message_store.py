@@ -246,6 +246,8 @@ class MessageStore:
         if not 0 <= queue_id < 65536:
             raise MessageIllegal(f"queue id {queue_id} out of range")
         topic_bytes = topic.encode()
+        if type(records) is not bytes:  # one copy; then per-record checks need no views
+            records = bytes(records)
         validated = self.log.validate_packed(topic_bytes, records)
         if count is not None and len(validated.drafts) != count:
             raise MessageIllegal("a draft of the batch is not exactly one record")

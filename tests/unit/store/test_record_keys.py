@@ -127,11 +127,11 @@ def test_a_batch_reads_as_its_records_do(records: list[tuple[dict[str, str], byt
                     for key in one_by_one.read(memoryview(buffer), start, length)]
     except ProtocolError:
         with pytest.raises(ProtocolError):
-            KeyReader().read_batch(memoryview(buffer), places, seed)
+            KeyReader().read_batch(buffer, places, seed)
         return
     reader = KeyReader()
-    assert reader.read_batch(memoryview(buffer), places, seed) == expected
-    assert reader.read_batch(memoryview(buffer), places, seed) == expected  # shapes learnt
+    assert reader.read_batch(buffer, places, seed) == expected
+    assert reader.read_batch(buffer, places, seed) == expected  # shapes learnt
 
 
 def test_a_batch_with_a_same_length_block_of_other_keys() -> None:
@@ -144,5 +144,5 @@ def test_a_batch_with_a_same_length_block_of_other_keys() -> None:
     buffer = first + second
     places = [(0, 0, len(first)), (1, len(first), len(second))]
     seed = key_hash_seed(b"T#")
-    assert reader.read_batch(memoryview(buffer), places, seed) == [
+    assert reader.read_batch(buffer, places, seed) == [
         (0, key_hash("T#" + "0" * 32)), (1, key_hash("T#abcd")), (1, key_hash("T#" + "1" * 32))]
