@@ -86,6 +86,7 @@ class Broker:
         self.host = config.broker.host
         self.port = config.broker.port
         self._host_compact = compact_host(pack_host(config.broker.host))
+        self._message_id_prefix: tuple[int, str] = (-1, "")  # (port, prefix)
         self._round_robin: dict[str, int] = {}
         self._processors: dict[RequestCode, Processor] = {}
         self._metadata_lock = trio.Lock()
@@ -200,8 +201,12 @@ class Broker:
         return encode_message_id(self._host_compact, self.port, commit_offset)
 
     def message_id_prefix(self) -> str:
-        """What this broker's message ids start with (its address and port, as hex)."""
-        return message_id_prefix(self._host_compact, self.port)
+        """What this broker's message ids start with (its address and port, as hex); made
+        once per port (every send's answer carries it)."""
+        if self._message_id_prefix[0] != self.port:
+            self._message_id_prefix = (self.port,
+                                       message_id_prefix(self._host_compact, self.port))
+        return self._message_id_prefix[1]
 
     def next_queue(self, topic: str, queue_count: int) -> int:
         position = self._round_robin.get(topic, -1) + 1
