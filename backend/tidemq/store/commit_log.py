@@ -143,7 +143,7 @@ class CommitLog:
         """``append_packed`` for a list of drafts (one record each)."""
         records = b"".join(drafts)
         validated = self.validate_packed(topic_bytes, records)
-        if len(validated.drafts) != len(drafts):
+        if [size for size, _ in validated.drafts] != [len(draft) for draft in drafts]:
             raise MessageIllegal("a draft of the list is not exactly one record")
         return self.append_packed(queue_id, first_queue_offset, records, validated, now_ms,
                                   leader_epoch)

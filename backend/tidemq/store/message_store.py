@@ -226,17 +226,18 @@ class MessageStore:
         self._check_open()
         if not drafts:
             raise MessageIllegal("an empty batch")
-        return self.put_packed(topic, queue_id, b"".join(drafts), count=len(drafts))
+        return self.put_packed(topic, queue_id, b"".join(drafts),
+                               sizes=[len(draft) for draft in drafts])
 
     def put_packed(self, topic: str, queue_id: int, records: Buffer, *,
-                   count: int | None = None) -> PutResult:
+                   sizes: list[int] | None = None) -> PutResult:
         """Append draft records of one queue, packed back to back (a send request's body:
-        each draft's first u32 is its size), all or nothing. ``count``, when given, is how
-        many records the batch must hold.
+        each draft's first u32 is its size), all or nothing. ``sizes``, when given, are the
+        sizes the batch's records must have, in order (each draft of a list one record).
 
         Raises:
-            MessageIllegal: a bad topic name, queue id, or record, or not ``count`` records
-                (nothing written).
+            MessageIllegal: a bad topic name, queue id, or record, or records of other
+                sizes than ``sizes`` (nothing written).
             DiskFull: no space (nothing written).
         """
         self._check_open()
@@ -249,7 +250,7 @@ class MessageStore:
         if type(records) is not bytes:  # one copy; then per-record checks need no views
             records = bytes(records)
         validated = self.log.validate_packed(topic_bytes, records)
-        if count is not None and len(validated.drafts) != count:
+        if sizes is not None and [size for size, _ in validated.drafts] != sizes:
             raise MessageIllegal("a draft of the batch is not exactly one record")
         if validated.size > self.config.append_batch_bytes_max:
             raise MessageIllegal(f"a batch of {validated.size} bytes exceeds the limit of "

@@ -61,6 +61,7 @@ def garbage_properties_draft(topic: str) -> bytes:
     lambda: [encode_draft("T", b"x")[:-1]],  # parts do not add up
     lambda: [encode_draft("T", b"x") + encode_draft("T", b"y")],  # two records in one draft
     lambda: [encode_draft("T", b"x"), b""],  # an empty draft
+    lambda: [encode_draft("T", b"x") + encode_draft("T", b"y"), b""],  # split elsewhere
 ])
 def test_bad_batches_are_refused_with_nothing_written(store: MessageStore,
                                                       drafts_for: object) -> None:
