@@ -1,12 +1,12 @@
 """The store's Trio shell: appends on the event loop, fsync and housekeeping in threads.
 
-    put_batch (event loop) --> MessageStore.put_batch (memcpy into mmap, dispatch)
+    put_packed / put_batch (event loop) --> MessageStore (one copy into the mmap, dispatch)
          |  flush = "sync": wait until the flusher has fsync'd past the batch's end
          v
     flusher task:   plan_flush (loop) -> FlushPlan.execute (worker thread) -> complete_flush,
                     then at once the next flush while writers wait (flush_chain.py)
-    preparer task:  preallocate + populate the next segment (worker thread) as soon as
-                    the active one starts, so a roll never waits for it
+    preparer task:  zero-fill + populate the next segment (worker thread) once the active
+                    one is half full, so a roll never waits for it
     retention task: apply_retention every retention_check_interval_ms
 
 Group commit: while one fsync runs in its thread, more writers append; the next flush
