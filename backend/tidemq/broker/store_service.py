@@ -81,9 +81,14 @@ class StoreService:
             raise StoreClosed("the store service is not running")
         return await self._acknowledge(self.store.put_batch(topic, queue_id, drafts))
 
-    async def put_packed(self, topic: str, queue_id: int, records: Buffer) -> PutResult:
+    async def put_packed(self, topic: str, queue_id: int, records: Buffer, *,
+                         yield_after: bool = True) -> PutResult:
         """Store drafts packed back to back (a send request's body) and return once they
         are acknowledged under the flush mode.
+
+        With ``flush = "async"`` it returns at once; ``yield_after=False`` then skips the
+        schedule point after the append, for a caller that makes its own (the send
+        handler wakes parked pulls first, then yields).
 
         Raises:
             MessageIllegal, DiskFull: from the store (nothing written).
@@ -92,14 +97,15 @@ class StoreService:
         """
         if not self._running:
             raise StoreClosed("the store service is not running")
-        return await self._acknowledge(self.store.put_packed(topic, queue_id, records))
+        return await self._acknowledge(self.store.put_packed(topic, queue_id, records),
+                                       yield_after=yield_after)
 
-    async def _acknowledge(self, result: PutResult) -> PutResult:
+    async def _acknowledge(self, result: PutResult, *, yield_after: bool = True) -> PutResult:
         if self._next_segment_wanted():
             self._prepare_wanted.set()
         if self.config.flush == "sync":
             await self.wait_flushed(result.end_offset)
-        else:
+        elif yield_after:
             await trio.lowlevel.checkpoint()  # a burst of puts must not starve the flusher
         return result
 

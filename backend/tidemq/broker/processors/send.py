@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
+
 from tidemq.errors import InvalidArgument, MessageIllegal
 from tidemq.protocol import fields
 from tidemq.protocol.codes import RequestCode
@@ -44,11 +46,20 @@ async def handle_send(broker: Broker, request: Request, context: ServerConnectio
         raise InvalidArgument(f"queue {queue_id} of {topic_name!r} does not exist "
                               f"({topic.write_queue_count} write queues)")
     try:
-        result = await broker.store_service.put_packed(topic_name, queue_id, request.body)
+        result = await broker.store_service.put_packed(topic_name, queue_id, request.body,
+                                                       yield_after=False)
     finally:
         # Also when the fsync wait failed or was cancelled: the records may be stored,
         # and parked pulls must see them now, not at their timeout.
-        broker.waiters.notify(topic_name, queue_id)
+        woken = broker.waiters.notify(topic_name, queue_id)
+    # A burst of sends must not starve the flusher (this schedule point), and the pulls
+    # just woken answer before this acknowledgement (a second one: Trio runs a batch of
+    # runnable tasks in random order). Their consumers wait for these very records, while
+    # on a busy machine the acknowledgement's send can wake the producer onto this core
+    # first (W3 at 1,000 msg/s, async: p50 1.45 -> 0.78 ms, p99 2.25 -> 1.61 ms).
+    await trio.lowlevel.checkpoint()
+    if woken:
+        await trio.lowlevel.checkpoint()
     if request.oneway:
         return None
     return request.respond({
