@@ -33,6 +33,11 @@ class Inbox(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def waiting(self) -> int:
+        """Receivers waiting in ``get`` for an item (the next put wakes them)."""
+        return self._waiting
+
     def put_nowait(self, item: T) -> bool:
         """Append ``item``; False (and dropped) once closed."""
         if self._closed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 
 from tidemq.client._core import ConsumerCore
 from tidemq.client._lifecycle import OwnedTaskGroup
@@ -83,3 +84,53 @@ async def test_receivers_take_a_pull_before_the_next_pull_goes_out() -> None:
     finally:
         await owned.close()
     assert pool.received_at_next_pull == [b"a", b"b"]
+
+
+class PassCountingPool:
+    """Answers the first PULL with one record; notes how many scheduler passes a counting
+    task saw when each PULL was sent. Never answers the second."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.passes_at_pulls: list[int] = []
+        self.next_pull_sent = anyio.Event()
+
+    async def count_passes(self) -> None:
+        while True:
+            await anyio.lowlevel.checkpoint()
+            self.passes += 1
+
+    async def call(self, address: str, code: RequestCode, fields: Fields, body: Body = b"",
+                   *, timeout_ms: int | None = None) -> Response:
+        self.passes_at_pulls.append(self.passes)
+        if len(self.passes_at_pulls) == 1:
+            return Response(ResponseCode.SUCCESS, 1, {"next_offset": 1},
+                            stored("orders", b"a", 0))
+        self.next_pull_sent.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_with_no_receiver_waiting_the_next_pull_goes_out_at_once() -> None:
+    """Receivers busy elsewhere (the inbox is not awaited): yielding would only delay the
+    next pull, so a throughput consumer keeps its pipeline full."""
+    pool = PassCountingPool()
+    settings = ConsumerSettings(group="g", client_id="c",
+                                subscriptions=parse_topics({"orders": "*"}))
+    core = ConsumerCore(cast(Any, pool), settings)
+    owned = OwnedTaskGroup()
+    await owned.enter()
+    core.bind(owned)
+    worker = QueueWorker(core, MessageQueue("orders", BROKER, 0), QueueTracker(0))
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(pool.count_passes)
+                await owned.task_group.start(worker.run)
+                await pool.next_pull_sent.wait()
+                group.cancel_scope.cancel()
+    finally:
+        await owned.close()
+    first, second = pool.passes_at_pulls
+    assert second == first  # delivered and pulled again within one step
+    assert len(core.inbox) == 1
