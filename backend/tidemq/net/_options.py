@@ -21,13 +21,12 @@ class ConnectionOptions:
     receive_size_bytes: int = 64 * KIB
     flush_on_close_timeout_ms: int = 1000
     frame_stall_timeout_ms: int = 30_000
-    """A peer that stops sending in the middle of a frame this long is dropped."""
-    handler_grace_ms: int = 5_000
-    """When the peer closes its end, requests already received may run this long to
-    finish (a oneway send must still be stored); then they are cancelled."""
     """A frame that started arriving must be whole within this time, or the connection is
     dropped (a peer that stops mid-frame would otherwise hold it forever). Idle time between
     frames is not limited here."""
+    handler_grace_ms: int = 5_000
+    """When the peer closes its end, requests already received may run this long to
+    finish (a oneway send must still be stored); then they are cancelled."""
 
     def __post_init__(self) -> None:
         for name in ("max_in_flight_requests", "max_outstanding_requests",
