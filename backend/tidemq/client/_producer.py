@@ -238,8 +238,7 @@ class Producer:
             NoPermission, FlushTimeout, DiskFull, SystemBusy, ConnectionClosed,
             RequestTimeout: the broker's answer, after retries where retryable.
         """
-        spec = _PLAIN_SPEC if tag is None and key is None and not keys and not properties \
-            else DraftSpec(tag=tag, keys=_keys(key, keys), properties=properties or {})
+        spec = _spec(tag, key, keys, properties)
         results = await self._send(topic, [body], spec, sharding_key,
                                    RequestCode.SEND_MESSAGE)
         return results[0]
@@ -320,8 +319,7 @@ class Producer:
         Raises (at once, nothing sent): MessageIllegal, InvalidArgument, TopicNotFound
         (no broker known). The send's own errors are raised by the PendingSend.
         """
-        spec = _PLAIN_SPEC if tag is None and key is None and not keys and not properties \
-            else DraftSpec(tag=tag, keys=_keys(key, keys), properties=properties or {})
+        spec = _spec(tag, key, keys, properties)
         if type(body) is bytes:
             draft, unique_id = build_draft(body, self._templates.get(topic, spec),
                                            self._clock.now_ms(), self._max_message_size_bytes)
@@ -552,6 +550,14 @@ class _Tries:
 _NO_FAILURES: Final[frozenset[str]] = frozenset()
 _PLAIN_SPEC: Final = DraftSpec(tag=None, keys=(), properties={})
 """The spec of a send with no tag, key or property (built once, not per send)."""
+
+
+def _spec(tag: str | None, key: str | None, keys: Sequence[str],
+          properties: Mapping[str, str] | None) -> DraftSpec:
+    """A send's spec; the shared plain one when there is no tag, key or property."""
+    if tag is None and key is None and not keys and not properties:
+        return _PLAIN_SPEC
+    return DraftSpec(tag=tag, keys=_keys(key, keys), properties=properties or {})
 
 
 def _keys(key: str | None, keys: Sequence[str]) -> tuple[str, ...]:
