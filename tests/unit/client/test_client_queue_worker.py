@@ -58,13 +58,7 @@ async def test_receivers_take_a_pull_before_the_next_pull_goes_out() -> None:
     delivering it and yielding; building and sending the next pull is not needed first."""
     received: list[bytes] = []
     pool = OnePullPool(received)
-    settings = ConsumerSettings(group="g", client_id="c",
-                                subscriptions=parse_topics({"orders": "*"}))
-    core = ConsumerCore(cast(Any, pool), settings)
-    owned = OwnedTaskGroup()
-    await owned.enter()
-    core.bind(owned)
-    worker = QueueWorker(core, MessageQueue("orders", BROKER, 0), QueueTracker(0))
+    core, owned, worker = await _worker_over(pool)
 
     async def application() -> None:  # what Consumer.receive(max=32) does
         batch: list[Message] = [await core.receive()]
@@ -115,13 +109,7 @@ async def test_with_no_receiver_waiting_the_next_pull_goes_out_at_once() -> None
     """Receivers busy elsewhere (the inbox is not awaited): yielding would only delay the
     next pull, so a throughput consumer keeps its pipeline full."""
     pool = PassCountingPool()
-    settings = ConsumerSettings(group="g", client_id="c",
-                                subscriptions=parse_topics({"orders": "*"}))
-    core = ConsumerCore(cast(Any, pool), settings)
-    owned = OwnedTaskGroup()
-    await owned.enter()
-    core.bind(owned)
-    worker = QueueWorker(core, MessageQueue("orders", BROKER, 0), QueueTracker(0))
+    core, owned, worker = await _worker_over(pool)
     try:
         with anyio.fail_after(5):
             async with anyio.create_task_group() as group:
@@ -134,3 +122,14 @@ async def test_with_no_receiver_waiting_the_next_pull_goes_out_at_once() -> None
     first, second = pool.passes_at_pulls
     assert second == first  # delivered and pulled again within one step
     assert len(core.inbox) == 1
+
+
+async def _worker_over(pool: object) -> tuple[ConsumerCore, OwnedTaskGroup, QueueWorker]:
+    """A consumer core bound to an entered task group, and a worker of queue orders/0."""
+    settings = ConsumerSettings(group="g", client_id="c",
+                                subscriptions=parse_topics({"orders": "*"}))
+    core = ConsumerCore(cast(Any, pool), settings)
+    owned = OwnedTaskGroup()
+    await owned.enter()
+    core.bind(owned)
+    return core, owned, QueueWorker(core, MessageQueue("orders", BROKER, 0), QueueTracker(0))
