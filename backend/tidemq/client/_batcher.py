@@ -136,12 +136,18 @@ class SendBatcher:
 
     def has_open_flight(self, target: MessageQueue) -> bool:
         """Whether a send to ``target`` now would join a request still being gathered."""
+        flight = self._gathering(target)
+        return flight is not None and flight.size < self._max_bytes
+
+    def _gathering(self, target: MessageQueue) -> _Flight | None:
+        """The flight still being gathered for ``target``, if it takes another message."""
         lane = self._lanes.get(target)
         if lane is None or not lane.flights:
-            return False
+            return None
         flight = lane.flights[-1]
-        return not flight.taken and len(flight.waiters) < self._max_messages and \
-            flight.size < self._max_bytes
+        if flight.taken or len(flight.waiters) >= self._max_messages:
+            return None
+        return flight
 
     async def send(self, target: MessageQueue, draft: bytes, unique_id: str) -> SendResult:
         """Send one draft to ``target`` with whatever else is waiting for that queue.
@@ -174,16 +180,10 @@ class SendBatcher:
     def join_open(self, target: MessageQueue, entry: QueuedSend) -> bool:
         """``enqueue`` if a request for ``target`` is still being gathered and has room
         (``has_open_flight``); False, and nothing done, if not."""
-        lane = self._lanes.get(target)
-        if lane is None or not lane.flights:
+        flight = self._gathering(target)
+        if flight is None or flight.size + len(entry.draft) > self._max_bytes:
             return False
-        flight = lane.flights[-1]
-        if flight.taken or len(flight.waiters) >= self._max_messages or \
-                flight.size + len(entry.draft) > self._max_bytes:
-            return False
-        flight.waiters.append(entry)
-        flight.size += len(entry.draft)
-        entry.target = target
+        _add(flight, target, entry)
         return True
 
     def _join(self, target: MessageQueue, waiter: QueuedSend) -> _Flight:
@@ -195,15 +195,11 @@ class SendBatcher:
             lane = self._lanes[target] = _Lane()
             task_group.start_soon(self._drain, target, lane,
                                   name=f"tidemq.producer.lane {target}")
-        flights = lane.flights
-        flight = flights[-1] if flights else None
-        if flight is None or flight.taken or len(flight.waiters) >= self._max_messages or \
-                (flight.waiters and flight.size + len(draft) > self._max_bytes):
+        flight = self._gathering(target)
+        if flight is None or (flight.waiters and flight.size + len(draft) > self._max_bytes):
             flight = _Flight()
-            flights.append(flight)
-        flight.waiters.append(waiter)
-        flight.size += len(draft)
-        waiter.target = target
+            lane.flights.append(flight)
+        _add(flight, target, waiter)
         return flight
 
     async def _drain(self, target: MessageQueue, lane: _Lane) -> None:
@@ -258,6 +254,12 @@ class SendBatcher:
             return
         for waiter, result in zip(batch, results, strict=True):
             waiter.result = result
+
+
+def _add(flight: _Flight, target: MessageQueue, entry: QueuedSend) -> None:
+    flight.waiters.append(entry)
+    flight.size += len(entry.draft)
+    entry.target = target
 
 
 def send_results(topic: str, broker: str, response: Response, unique_ids: list[str]
