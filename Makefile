@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test lint typecheck unit bench bench-store clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py backend/tidemq/store/_records.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

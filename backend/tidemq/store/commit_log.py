@@ -4,8 +4,9 @@ Theory of operation. One writer owns ``write_offset`` (the global byte offset wh
 record goes). ``append_packed`` copies a batch of draft records (packed back to back, as a
 send request carries them) into the current segment with one copy, then stamps each
 record's store fields (queue id and offset, commit offset, store time and host) and computes
-its CRC32C in place; it returns what the dispatcher needs to index the batch (the commit
-offsets, and the consume-queue entries already packed). A record never
+its CRC32C in place (``packed_batch``: in C when the extension is built); it returns what
+the dispatcher needs to index the batch (the commit offsets, and the consume-queue entries
+already packed). A record never
 spans segments: when a batch does not fit in what is left of a segment (keeping room for
 the 8-byte end-of-segment marker), the next segment is created *first* (so a full disk
 fails the batch before any byte is written), then the rest of the current one is closed
@@ -18,47 +19,39 @@ cut, which is the promise of ``flush = "async"``.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
 from tidemq.common.buffers import Buffer
-from tidemq.common.crc import crc32c
 from tidemq.errors import MessageIllegal, StoreError
 from tidemq.protocol.record import (
-    CRC,
-    CRC_OFFSET,
-    CRC_START,
     END_OF_SEGMENT_MAGIC,
     END_OF_SEGMENT_SIZE,
-    FLAG_INDEXED,
     HEADER_SIZE,
-    RECORD_MAGIC,
     SIZE_MAGIC,
-    STAMP,
-    STAMP_OFFSET,
     STORE_TIMESTAMP,
     STORE_TIMESTAMP_OFFSET,
 )
-from tidemq.store.consume_queue import ENTRY as QUEUE_ENTRY
 from tidemq.store.mapped_file import MappedFile
+from tidemq.store.native import NATIVE
+from tidemq.store.packed_batch import (
+    record_sizes,
+    stamp_packed_python,
+    validate_packed_python,
+)
 from tidemq.store.segments import SegmentQueue
 
-# total_size, magic, (skip crc) flags, (skip 80) tag_hash, body_length, properties_length,
-# topic_length: everything append needs from a draft in one unpack.
-_DRAFT_FIELDS: Final = struct.Struct("<II4xI80xQIIH")
 HOLE_MAGIC: Final = 0x484F4C45  # "HOLE": a corrupt range replaced at recovery; readers skip
 
 
 @dataclass(frozen=True, slots=True)
 class ValidatedBatch:
-    """A checked batch: its size in bytes, each draft's (size, tag_hash) in order, and for
-    each draft with ``FLAG_INDEXED`` (its number in the batch, where its properties start,
-    their length)."""
+    """A checked batch: its size in bytes, its number of drafts, and for each draft with
+    ``FLAG_INDEXED`` (its number in the batch, where its properties start, their length)."""
 
     size: int
-    drafts: list[tuple[int, int]]
+    count: int
     indexed: list[tuple[int, int, int]]
 
 
@@ -97,45 +90,20 @@ class CommitLog:
         its total size: a send request's body), in one pass over their headers.
 
         Returns:
-            The batch's size, each draft's size and tag hash, and where the properties of
-            its indexed drafts are (see ``ValidatedBatch``).
+            The batch's size, its number of drafts, and where the properties of its
+            indexed drafts are (see ``ValidatedBatch``).
 
         Raises:
             MessageIllegal: empty, a draft is cut short, malformed, too large, or names
                 another topic.
         """
-        end = len(records)
-        if not end:
-            raise MessageIllegal("an empty batch")
-        topic_end = HEADER_SIZE + len(topic_bytes)
-        topic_length_expected = len(topic_bytes)
-        limit = self.max_message_size
-        unpack = _DRAFT_FIELDS.unpack_from
-        drafts: list[tuple[int, int]] = []
-        add = drafts.append
-        indexed: list[tuple[int, int, int]] = []
-        properties_at = topic_end
-        position = 0
-        while position < end:
-            if end - position < HEADER_SIZE:
-                raise MessageIllegal("a record is cut short")
-            size, magic, flags, tag, body, props, topic_length = unpack(records, position)
-            if magic != RECORD_MAGIC:
-                raise MessageIllegal("a record's magic does not match")
-            if size > limit:
-                raise MessageIllegal(f"record of {size} bytes exceeds the limit of {limit}")
-            if size < HEADER_SIZE or position + size > end:
-                raise MessageIllegal("a record's size does not match its bytes")
-            if HEADER_SIZE + body + props + topic_length != size:
-                raise MessageIllegal("record parts do not add up to its size")
-            if topic_length != topic_length_expected or \
-                    not records.startswith(topic_bytes, position + HEADER_SIZE):
-                raise MessageIllegal("a record of the batch names another topic")
-            if flags & FLAG_INDEXED:
-                indexed.append((len(drafts), position + properties_at, props))
-            add((size, tag))
-            position += size
-        return ValidatedBatch(end, drafts, indexed)
+        if NATIVE is not None:
+            checked = NATIVE.validate_packed(records, topic_bytes, self.max_message_size)
+            if checked is not None:
+                return ValidatedBatch(len(records), checked[0], checked[1])
+        # the reference loop; for a bad batch (native or not) it says what is wrong
+        count, indexed = validate_packed_python(topic_bytes, records, self.max_message_size)
+        return ValidatedBatch(len(records), count, indexed)
 
     def append_batch(self, topic_bytes: bytes, queue_id: int, first_queue_offset: int,
                      drafts: Sequence[Buffer], now_ms: int, leader_epoch: int
@@ -143,7 +111,7 @@ class CommitLog:
         """``append_packed`` for a list of drafts (one record each)."""
         records = b"".join(drafts)
         validated = self.validate_packed(topic_bytes, records)
-        if [size for size, _ in validated.drafts] != [len(draft) for draft in drafts]:
+        if record_sizes(records, validated.count) != [len(draft) for draft in drafts]:
             raise MessageIllegal("a draft of the list is not exactly one record")
         return self.append_packed(queue_id, first_queue_offset, records, validated, now_ms,
                                   leader_epoch)
@@ -160,35 +128,15 @@ class CommitLog:
         """
         segment = self._segment_for_append(validated.size)
         position = self.write_offset - segment.start
-        base = segment.start
-        target = segment.map
-        view = segment.view
-        target[position:position + validated.size] = records
-        host = self.store_host
-        port = self.store_port
-        stamp = STAMP.pack_into
-        pack_crc = CRC.pack_into
-        pack_entry = QUEUE_ENTRY.pack
-        checksum = crc32c
-        commit_offsets: list[int] = []
-        add_offset = commit_offsets.append
-        queue_entries: list[bytes] = []
-        add_entry = queue_entries.append
-        queue_offset = first_queue_offset
         first_commit_offset = self.write_offset
-        for size, tag in validated.drafts:
-            commit_offset = base + position
-            stamp(target, position + STAMP_OFFSET, queue_id, leader_epoch, queue_offset,
-                  commit_offset, now_ms, host, port)
-            pack_crc(target, position + CRC_OFFSET,
-                     checksum(view[position + CRC_START:position + size]))
-            add_offset(commit_offset)
-            add_entry(pack_entry(commit_offset, size, tag))
-            position += size
-            queue_offset += 1
-        self.write_offset = base + position
+        segment.map[position:position + validated.size] = records
+        stamp = NATIVE.stamp_packed if NATIVE is not None else stamp_packed_python
+        commit_offsets, queue_entries = stamp(
+            segment.map, position, validated.size, validated.count, queue_id, leader_epoch,
+            first_queue_offset, segment.start, now_ms, self.store_host, self.store_port)
+        self.write_offset = segment.start + position + validated.size
         return AppendedBatch(first_commit_offset, self.write_offset, commit_offsets,
-                             b"".join(queue_entries))
+                             queue_entries)
 
     def _segment_for_append(self, size: int) -> MappedFile:
         """The segment the next ``size`` bytes go to, rolling (and creating) as needed."""

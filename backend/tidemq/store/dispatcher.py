@@ -168,7 +168,7 @@ class Dispatcher:
         if len(keys) > self.index.entries_per_file:
             raise MessageIllegal(f"a batch of {len(keys)} keys exceeds the "
                                  f"{self.index.entries_per_file} of an index file")
-        queue.ensure_room(first_queue_offset, len(validated.drafts))
+        queue.ensure_room(first_queue_offset, validated.count)
         if keys or not self.index.files:
             self.index.ensure_room(len(keys), commit_offset)  # also starts the first file
         return keys

@@ -31,6 +31,7 @@ from tidemq.common.crc import crc32c
 from tidemq.errors import StoreCorrupt
 from tidemq.store.files import store_error
 from tidemq.store.mapped_file import MappedFile
+from tidemq.store.native import NATIVE
 
 HEADER: Final = struct.Struct("<QQQQIIII")
 SLOT: Final = struct.Struct("<I")
@@ -139,6 +140,11 @@ class IndexFile:
         delta_s = min(max(0, (timestamp_ms - self.begin_timestamp_ms) // 1000), 0xFFFFFFFF)
         mapped = self.segment.map
         slots = self.slots
+        if NATIVE is not None:  # the loop below, in C
+            self.entry_count = NATIVE.index_put(mapped, HEADER.size, self._entries_start,
+                                                self.entry_count, slots, items, delta_s)
+            self.end_timestamp_ms = max(self.end_timestamp_ms, timestamp_ms)
+            return
         entry_size = ENTRY.size
         pack_entry = ENTRY.pack_into
         position = self._entries_start + self.entry_count * entry_size

@@ -44,6 +44,7 @@ from tidemq.store.files import store_error
 from tidemq.store.index import KeyIndex
 from tidemq.store.mapped_file import MappedFile
 from tidemq.store.opening import recover_store
+from tidemq.store.packed_batch import record_sizes
 from tidemq.store.reading import (
     collect_records,
     decode_or_none,
@@ -250,7 +251,7 @@ class MessageStore:
         if type(records) is not bytes:  # one copy; then per-record checks need no views
             records = bytes(records)
         validated = self.log.validate_packed(topic_bytes, records)
-        if sizes is not None and [size for size, _ in validated.drafts] != sizes:
+        if sizes is not None and record_sizes(records, validated.count) != sizes:
             raise MessageIllegal("a draft of the batch is not exactly one record")
         if validated.size > self.config.append_batch_bytes_max:
             raise MessageIllegal(f"a batch of {validated.size} bytes exceeds the limit of "
@@ -267,7 +268,7 @@ class MessageStore:
             self._disk_full_errors += 1
             raise
         self.dispatcher.dispatch_batch(queue, first_queue_offset, appended, now_ms, keys)
-        self._records_appended += len(validated.drafts)
+        self._records_appended += validated.count
         self._bytes_appended += validated.size
         self._batches_appended += 1
         return PutResult(topic, queue_id, first_queue_offset, appended.commit_offsets,

@@ -37,6 +37,7 @@ from tidemq.protocol.record import (
     decode_properties,
 )
 from tidemq.store.index import key_hash_continued
+from tidemq.store.native import NATIVE
 
 SHAPE_UNIQUE_ID_BYTES: Final = 32
 """The unique-id length a shape is learnt for (the SDK's: 32 hex digits)."""
@@ -75,11 +76,17 @@ class KeyReader:
         """The index keys of a batch's records: ``blocks`` are (record number, where its
         properties start in ``data``, their length); the answer is (record number,
         ``key_hash_continued(key, seed)``) per key, in order. ``read``, with its fast path
-        inlined: this loop runs once per message sent.
+        inlined: this loop runs once per message sent; in C (``native``) when every block
+        has a learnt shape.
 
         Raises:
             ProtocolError: a block is not a msgpack map of strings to strings.
         """
+        if NATIVE is not None:
+            hashed = NATIVE.key_hashes(data, blocks, self._shapes, seed)
+            if hashed is not None:  # every block had a learnt shape
+                keys_found: list[tuple[int, int]] = hashed
+                return keys_found
         keys: list[tuple[int, int]] = []
         add = keys.append
         hash_key = key_hash_continued
