@@ -8,11 +8,17 @@ together as the next request (one SEND_BATCH), up to ``max_messages`` drafts and
 
     send() --> lane(queue).flights --> drain task (one per busy lane, exits when idle)
                  (the last flight that      |  one SEND_BATCH per flight, in order
-                  has room, or a new one)   +-- each waiter gets its SendResult
-                                                (first_queue_offset + its index) or the
-                                                error; one event wakes the whole flight
-                                                (``send``), or its ``on_done`` is called
-                                                (``enqueue``, for ``Producer.submit``)
+                  has room, or a new one)   +-- the flight gets the answer (``SendAnswer``),
+                                                or each send the error; one event wakes
+                                                the awaiting sends (``send``), and one call
+                                                of ``on_answered`` gets the flight's
+                                                submitted ones (``enqueue``, for
+                                                ``Producer.submit``)
+
+* Per message, nothing is done when the answer comes: a send's SendResult is made from its
+  flight's answer and its index in the request only when asked for (``send`` returns it,
+  ``PendingSend.result()`` makes it). A submitted send is its own entry (``PendingSend``
+  is a ``QueuedSend``): one object per message.
 
 * Order: one request in flight per lane and a FIFO lane keep the order of the sends that
   joined the lane; the broker stores a batch in order, in one queue.
@@ -34,7 +40,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Final, final
+from itertools import repeat
+from typing import Any, Final, final
 
 import anyio
 
@@ -55,58 +62,120 @@ DEFAULT_BATCH_MAX_BYTES: Final = 1024 * 1024
 """Well under the broker's default append_batch_bytes_max (4 MiB) and the 16 MiB frame."""
 
 
-@final
 class QueuedSend:
-    """One send waiting in a lane, as part of a flight: either awaited by its ``send()``
-    (through the flight's event) or, for ``Producer.submit``, handed to ``on_done``."""
+    """One send waiting in a lane, as part of a flight: awaited by its ``send()`` (through
+    the flight's event), or a ``PendingSend`` (``Producer.submit``, a subclass), whose
+    flight is handed to the batcher's ``on_answered`` once answered.
 
-    __slots__ = ("abandoned", "context", "draft", "error", "on_done", "result", "target",
-                 "unique_id")
+    Nothing is set per send when its request is answered: the answer is the flight's
+    (``_flight.answer``, a ``SendAnswer``), and the send's SendResult is made from it and
+    ``_index`` only when asked for. ``_error`` is set when the request failed."""
 
-    def __init__(self, draft: bytes, unique_id: str,
-                 on_done: Callable[[QueuedSend], None] | None = None,
-                 context: object = None) -> None:
-        self.draft = draft
+    __slots__ = ("_draft", "_error", "_flight", "_index", "unique_id")
+
+    def __init__(self, draft: bytes, unique_id: str) -> None:
+        self._draft = draft
         self.unique_id = unique_id
-        self.result: SendResult | None = None
-        self.error: BaseException | None = None
-        self.abandoned = False
-        """Cancelled before its flight was taken: the drain skips it."""
-        self.on_done = on_done
-        """Called once with this entry when its request is answered (submitted sends)."""
-        self.context = context
-        """Whatever ``on_done`` needs to know (the producer's PendingSend)."""
-        self.target: MessageQueue | None = None
-        """The queue whose lane it joined."""
+        self._error: BaseException | None = None
+        self._flight: Flight | None = None
+        """The flight it joined (the one whose request stored it, after a split)."""
+        self._index = 0
+        """Its position in its flight's request; ``ABANDONED``: cancelled before the flight
+        was taken (the drain skips it)."""
+
+
+ABANDONED: Final = -1
 
 
 @final
-class _Flight:
+class SendAnswer:
+    """A SEND_MESSAGE / SEND_BATCH answer, checked: each message's SendResult on demand
+    (``result``), or all of them (``results``)."""
+
+    __slots__ = ("broker", "commit_offsets", "first_offset", "prefix", "queue_id",
+                 "timestamp_ms", "topic")
+
+    def __init__(self, topic: str, broker: str, response: Response, count: int) -> None:
+        """Raises TideError if the answer is malformed or does not name ``count`` records."""
+        fields = response.fields
+        queue_id = fields.get("queue_id")
+        first_offset = fields.get("first_queue_offset")
+        prefix = fields.get("msg_id_prefix")
+        commit_offsets = fields.get("commit_offsets")
+        timestamp_ms = fields.get("store_timestamp_ms")
+        if not (isinstance(queue_id, int) and isinstance(first_offset, int)
+                and isinstance(prefix, str) and isinstance(commit_offsets, list)
+                and isinstance(timestamp_ms, int) and len(commit_offsets) == count
+                and valid_commit_offsets(commit_offsets)):
+            raise TideError(f"the broker's send answer is malformed: {dict(fields)!r}")
+        self.topic = topic
+        self.broker = broker
+        self.queue_id = queue_id
+        self.first_offset = first_offset
+        self.prefix = prefix
+        self.commit_offsets: list[int] = commit_offsets
+        self.timestamp_ms = timestamp_ms
+
+    def result(self, index: int, unique_id: str) -> SendResult:
+        """The SendResult of the message at ``index`` of the request."""
+        return SendResult(f"{self.prefix}{self.commit_offsets[index]:016X}", unique_id,
+                          self.topic, self.queue_id, self.first_offset + index, self.broker,
+                          self.timestamp_ms)
+
+    def results(self, unique_ids: list[str]) -> list[SendResult]:
+        """Every message's SendResult, in order (one per unique id)."""
+        count = len(unique_ids)
+        if count != len(self.commit_offsets):
+            raise ValueError("one unique id per message")
+        first = self.first_offset
+        # map over C iterators: no Python frame per message but SendResult's __init__
+        return list(map(SendResult, encode_message_ids(self.prefix, self.commit_offsets),
+                        unique_ids, repeat(self.topic, count), repeat(self.queue_id, count),
+                        range(first, first + count), repeat(self.broker, count),
+                        repeat(self.timestamp_ms, count)))
+
+
+@final
+class Flight:
     """The sends that will go out together as one request, and the one event that tells
     them all it is answered (one event per request, not per send: an event costs several
     microseconds, which at 30 sends a request was a fifth of a send's cost). The event is
-    made only when an awaiting ``send()`` joins; submitted sends get their ``on_done``."""
+    made only when an awaiting ``send()`` joins; for submitted sends (``notify``) the
+    batcher's ``on_answered`` gets the whole flight, once."""
 
-    __slots__ = ("done", "size", "taken", "waiters")
+    __slots__ = ("abandoned", "answer", "done", "max_bytes", "max_messages", "notify", "size",
+                 "taken", "target", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, target: MessageQueue, max_messages: int, max_bytes: int) -> None:
+        self.target = target
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
         self.waiters: list[QueuedSend] = []
         self.size = 0
         self.taken = False
-        """Handed to a request: its sends can no longer be withdrawn."""
+        """Handed to a request (or its lane closed): its sends can no longer be withdrawn,
+        and no send joins it any more."""
         self.done: anyio.Event | None = None
+        self.notify = False
+        """Some of its sends are submitted ones: call ``on_answered`` when it is done."""
+        self.abandoned = False
+        """Some ``send()`` of it was cancelled before it was taken."""
+        self.answer: SendAnswer | None = None
+        """Set when its request succeeded."""
 
-    def finish(self) -> None:
-        if self.done is not None:
-            self.done.set()
-        for waiter in self.waiters:
-            on_done = waiter.on_done
-            if on_done is not None:
-                waiter.on_done = None  # exactly once
-                try:
-                    on_done(waiter)
-                except Exception:  # never leave the rest of the flight unanswered
-                    logger.exception("send_completion_failed")
+    def try_add(self, entry: QueuedSend) -> bool:
+        """Add a submitted ``entry`` if this flight is still being gathered and has room for
+        it; False, and nothing done, if not."""
+        waiters = self.waiters
+        size = self.size + len(entry._draft)
+        if self.taken or len(waiters) >= self.max_messages or size > self.max_bytes:
+            return False
+        entry._index = len(waiters)
+        entry._flight = self
+        waiters.append(entry)
+        self.size = size
+        self.notify = True
+        return True
 
 
 @final
@@ -114,7 +183,16 @@ class _Lane:
     __slots__ = ("flights",)
 
     def __init__(self) -> None:
-        self.flights: deque[_Flight] = deque()
+        self.flights: deque[Flight] = deque()
+
+
+OnAnswered = Callable[[MessageQueue, list[QueuedSend]], None]
+"""Called once per answered (or failed) flight that holds submitted sends, with its
+target and its sends (every one of them, awaited ones included)."""
+
+
+def _ignore_answered(target: MessageQueue, entries: list[QueuedSend]) -> None:
+    pass
 
 
 @final
@@ -123,13 +201,15 @@ class SendBatcher:
 
     def __init__(self, pool: BrokerPool, owned: OwnedTaskGroup, *, group: str | None,
                  timeout_ms: int, max_messages: int = DEFAULT_BATCH_MAX_MESSAGES,
-                 max_bytes: int = DEFAULT_BATCH_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_BATCH_MAX_BYTES,
+                 on_answered: OnAnswered = _ignore_answered) -> None:
         self._pool = pool
         self._owned = owned
         self._group = group
         self._timeout_ms = timeout_ms
-        self._max_messages = max_messages
-        self._max_bytes = max_bytes
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._on_answered = on_answered
         self._lanes: dict[MessageQueue, _Lane] = {}
         self.requests = 0
         """Requests sent so far (for tests and statistics)."""
@@ -137,15 +217,15 @@ class SendBatcher:
     def has_open_flight(self, target: MessageQueue) -> bool:
         """Whether a send to ``target`` now would join a request still being gathered."""
         flight = self._gathering(target)
-        return flight is not None and flight.size < self._max_bytes
+        return flight is not None and flight.size < self.max_bytes
 
-    def _gathering(self, target: MessageQueue) -> _Flight | None:
+    def _gathering(self, target: MessageQueue) -> Flight | None:
         """The flight still being gathered for ``target``, if it takes another message."""
         lane = self._lanes.get(target)
         if lane is None or not lane.flights:
             return None
         flight = lane.flights[-1]
-        if flight.taken or len(flight.waiters) >= self._max_messages:
+        if flight.taken or len(flight.waiters) >= self.max_messages:
             return None
         return flight
 
@@ -164,31 +244,28 @@ class SendBatcher:
             await done.wait()
         except BaseException:
             if not flight.taken:
-                waiter.abandoned = True
+                waiter._index = ABANDONED
+                flight.abandoned = True
             raise
-        if waiter.error is not None:
-            raise waiter.error.with_traceback(None)
-        assert waiter.result is not None
-        return waiter.result
+        if waiter._error is not None:
+            raise waiter._error.with_traceback(None)
+        answer = waiter._flight.answer if waiter._flight is not None else None
+        assert answer is not None
+        return answer.result(waiter._index, unique_id)
 
-    def enqueue(self, target: MessageQueue, entry: QueuedSend) -> None:
-        """Like ``send`` without waiting, for an entry with ``on_done``: it is called once
-        the request is answered, with ``entry.result`` or ``entry.error`` set. Raises
-        RuntimeError if the producer is closed."""
-        self._join(target, entry)
+    def enqueue(self, target: MessageQueue, entry: QueuedSend) -> Flight:
+        """Like ``send`` without waiting, for a submitted send: once its request is
+        answered, ``on_answered`` gets its flight, with ``entry._error`` set if the request
+        failed. Returns the flight it joined: later submitted sends may join it too
+        (``Flight.try_add``) while it is being gathered. Raises RuntimeError if the
+        producer is closed."""
+        flight = self._join(target, entry)
+        flight.notify = True
+        return flight
 
-    def join_open(self, target: MessageQueue, entry: QueuedSend) -> bool:
-        """``enqueue`` if a request for ``target`` is still being gathered and has room
-        (``has_open_flight``); False, and nothing done, if not."""
-        flight = self._gathering(target)
-        if flight is None or flight.size + len(entry.draft) > self._max_bytes:
-            return False
-        _add(flight, target, entry)
-        return True
-
-    def _join(self, target: MessageQueue, waiter: QueuedSend) -> _Flight:
+    def _join(self, target: MessageQueue, waiter: QueuedSend) -> Flight:
         """Put ``waiter`` in the flight being gathered for ``target`` (or a new one)."""
-        draft = waiter.draft
+        draft = waiter._draft
         lane = self._lanes.get(target)
         if lane is None:
             task_group = self._owned.task_group  # raises once the producer is closed
@@ -196,24 +273,31 @@ class SendBatcher:
             task_group.start_soon(self._drain, target, lane,
                                   name=f"tidemq.producer.lane {target}")
         flight = self._gathering(target)
-        if flight is None or (flight.waiters and flight.size + len(draft) > self._max_bytes):
-            flight = _Flight()
+        if flight is None or (flight.waiters and flight.size + len(draft) > self.max_bytes):
+            flight = Flight(target, self.max_messages, self.max_bytes)
             lane.flights.append(flight)
-        _add(flight, target, waiter)
+        waiter._index = len(flight.waiters)
+        waiter._flight = flight
+        flight.waiters.append(waiter)
+        flight.size += len(draft)
         return flight
 
     async def _drain(self, target: MessageQueue, lane: _Lane) -> None:
         """Send what the lane holds, one request at a time, until it is empty."""
-        flight: _Flight | None = None
+        flight: Flight | None = None
         try:
             with self._owned.guard():
                 while lane.flights:
                     flight = lane.flights.popleft()
                     flight.taken = True
-                    batch = [w for w in flight.waiters if not w.abandoned]
+                    batch = flight.waiters
+                    if flight.abandoned:
+                        batch = [w for w in batch if w._index != ABANDONED]
+                        for index, waiter in enumerate(batch):
+                            waiter._index = index
                     if batch:
-                        await self._flush(target, batch)
-                    flight.finish()
+                        await self._flush(flight, batch)
+                    self._finish(flight)
                     flight = None
         finally:
             # No await between the last emptiness check and here: a send arriving later
@@ -222,64 +306,71 @@ class SendBatcher:
                 del self._lanes[target]
             closed = ConnectionClosed("the producer was closed before the broker answered")
             for unanswered in ((flight,) if flight is not None else ()) + tuple(lane.flights):
+                unanswered.taken = True  # a submitted send holding it must not join it
                 for waiter in unanswered.waiters:
-                    if waiter.result is None and waiter.error is None:
-                        waiter.error = closed
-                unanswered.finish()
+                    stored_by = waiter._flight
+                    if waiter._error is None and (stored_by is None or stored_by.answer is None):
+                        waiter._error = closed
+                self._finish(unanswered)
             lane.flights.clear()
 
-    async def _flush(self, target: MessageQueue, batch: list[QueuedSend]) -> None:
-        """One request for ``batch``; every waiter of it gets its result or the error."""
-        code = RequestCode.SEND_MESSAGE if len(batch) == 1 else RequestCode.SEND_BATCH
+    def _finish(self, flight: Flight) -> None:
+        if flight.done is not None:
+            flight.done.set()
+        if flight.notify:
+            flight.notify = False  # exactly once
+            try:
+                self._on_answered(flight.target, flight.waiters)
+            except Exception:  # never leave the rest of the lane unanswered
+                logger.exception("send_completion_failed")
+
+    async def _flush(self, flight: Flight, batch: list[QueuedSend]) -> None:
+        """One request for ``batch`` (the sends of ``flight`` still wanted, ``_index``
+        their positions in it); its answer goes to ``flight.answer``, or its error to each
+        send."""
+        target = flight.target
+        count = len(batch)
+        code = RequestCode.SEND_MESSAGE if count == 1 else RequestCode.SEND_BATCH
         fields: dict[str, str | int] = {"topic": target.topic, "queue_id": target.queue_id}
         if self._group is not None:
             fields["producer_group"] = self._group
-        body = batch[0].draft if len(batch) == 1 else b"".join(w.draft for w in batch)
+        body = batch[0]._draft if count == 1 else b"".join([w._draft for w in batch])
         self.requests += 1
         try:
             response = await self._pool.call(target.broker, code, fields, body,
                                              timeout_ms=self._timeout_ms)
-            results = send_results(target.topic, target.broker, response,
-                                   [waiter.unique_id for waiter in batch])
+            flight.answer = SendAnswer(target.topic, target.broker, response, count)
         except MessageIllegal as error:
-            if len(batch) == 1:
-                batch[0].error = error
+            if count == 1:
+                batch[0]._error = error
                 return
             for waiter in batch:  # find the illegal one(s): one request each, in order
-                await self._flush(target, [waiter])
+                alone = Flight(target, 1, self.max_bytes)
+                alone.taken = True
+                alone.waiters.append(waiter)
+                waiter._flight = alone
+                waiter._index = 0
+                await self._flush(alone, [waiter])
             return
         except Exception as error:  # each waiter raises it as its own
             for waiter in batch:
-                waiter.error = error
-            return
-        for waiter, result in zip(batch, results, strict=True):
-            waiter.result = result
+                waiter._error = error
 
 
-def _add(flight: _Flight, target: MessageQueue, entry: QueuedSend) -> None:
-    flight.waiters.append(entry)
-    flight.size += len(entry.draft)
-    entry.target = target
+def valid_commit_offsets(commit_offsets: list[Any]) -> bool:
+    """Whether each of ``commit_offsets`` is an integer that fits a message id."""
+    if not commit_offsets:
+        return True
+    if not set(map(type, commit_offsets)) <= _INT_TYPES:
+        return False
+    return bool(min(commit_offsets) >= 0 and max(commit_offsets) < 2**64)
+
+
+_INT_TYPES: Final = frozenset({int, bool})
 
 
 def send_results(topic: str, broker: str, response: Response, unique_ids: list[str]
                  ) -> list[SendResult]:
-    """The SendResults of a SEND_MESSAGE / SEND_BATCH answer, one per unique id."""
-    fields = response.fields
-    queue_id = fields.get("queue_id")
-    first_offset = fields.get("first_queue_offset")
-    prefix = fields.get("msg_id_prefix")
-    commit_offsets = fields.get("commit_offsets")
-    timestamp_ms = fields.get("store_timestamp_ms")
-    if not (isinstance(queue_id, int) and isinstance(first_offset, int)
-            and isinstance(prefix, str) and isinstance(commit_offsets, list)
-            and isinstance(timestamp_ms, int) and len(commit_offsets) == len(unique_ids)):
-        raise TideError(f"the broker's send answer is malformed: {dict(fields)!r}")
-    try:  # the broker names records by commit offset; the ids are made here
-        msg_ids = encode_message_ids(prefix, commit_offsets)
-    except (TypeError, ValueError):
-        raise TideError(f"the broker's send answer is malformed: {dict(fields)!r}") from None
-    # positional: one of these per message sent, and keywords cost a third more
-    return [SendResult(msg_id, unique_id, topic, queue_id, offset, broker, timestamp_ms)
-            for offset, msg_id, unique_id in zip(range(first_offset, first_offset + len(msg_ids)),
-                                                 msg_ids, unique_ids, strict=True)]
+    """The SendResults of a SEND_MESSAGE / SEND_BATCH answer, one per unique id. Raises
+    TideError if the answer is malformed."""
+    return SendAnswer(topic, broker, response, len(unique_ids)).results(unique_ids)

@@ -21,29 +21,38 @@ from typing import Any, final
 
 import anyio
 
+from tidemq.client._batcher import QueuedSend
 from tidemq.client._message import SendResult
 
 logger = logging.getLogger("tidemq.client.producer")
 
 
+Callback = Callable[["PendingSend"], object]
+
+
 @final
-class PendingSend:
-    """One message handed to ``Producer.submit``; see the module docstring."""
+class PendingSend(QueuedSend):
+    """One message handed to ``Producer.submit``; see the module docstring. It is also
+    the send's entry in its batcher lane (``QueuedSend``): one object per message."""
 
-    __slots__ = ("_callback", "_done", "_error", "_event", "_more_callbacks", "_result",
-                 "sharding_key", "topic", "unique_id")
+    __slots__ = ("_callbacks", "_done", "_event", "_result", "sharding_key", "topic")
 
-    def __init__(self, topic: str, unique_id: str, sharding_key: str | None = None) -> None:
+    def __init__(self, topic: str, unique_id: str, sharding_key: str | None = None,
+                 draft: bytes = b"") -> None:
         self.topic = topic
         self.unique_id = unique_id
         """The id the producer gave the message (property UNIQ_KEY), known at once."""
         self.sharding_key = sharding_key
+        self._draft = draft
+        self._error: BaseException | None = None
+        self._flight = None
+        self._index = 0
         self._done = False
         self._result: SendResult | None = None
-        self._error: BaseException | None = None
+        """Set by ``complete``, or made from the flight's answer when first asked for."""
         self._event: anyio.Event | None = None  # made only if someone waits early
-        self._callback: Callable[[PendingSend], object] | None = None
-        self._more_callbacks: list[Callable[[PendingSend], object]] | None = None
+        self._callbacks: Callback | list[Callback] | None = None
+        """The common case is one callback (no list)."""
 
     def done(self) -> bool:
         """Whether the send has its outcome (stored, or failed for good)."""
@@ -55,8 +64,13 @@ class PendingSend:
             raise RuntimeError("the send is still in flight; await it instead")
         if self._error is not None:
             raise self._error.with_traceback(None)
-        assert self._result is not None
-        return self._result
+        result = self._result
+        if result is None:  # stored by its flight's request: made on demand
+            flight = self._flight
+            answer = flight.answer if flight is not None else None
+            assert answer is not None
+            result = self._result = answer.result(self._index, self.unique_id)
+        return result
 
     def exception(self) -> BaseException | None:
         """The error the send failed with, None if stored. RuntimeError if not done yet."""
@@ -64,16 +78,18 @@ class PendingSend:
             raise RuntimeError("the send is still in flight; await it instead")
         return self._error
 
-    def add_done_callback(self, callback: Callable[[PendingSend], object]) -> None:
+    def add_done_callback(self, callback: Callback) -> None:
         """Call ``callback(self)`` once the send is done (at once if it already is)."""
         if self._done:
             _run_callback(callback, self)
-        elif self._callback is None:
-            self._callback = callback  # the common case: one callback, no list
-        elif self._more_callbacks is None:
-            self._more_callbacks = [callback]
+            return
+        callbacks = self._callbacks
+        if callbacks is None:
+            self._callbacks = callback
+        elif type(callbacks) is list:
+            callbacks.append(callback)
         else:
-            self._more_callbacks.append(callback)
+            self._callbacks = [callbacks, callback]  # type: ignore[list-item]
 
     async def wait(self) -> SendResult:
         """Wait for the outcome: the SendResult, or raise the send's error."""
@@ -97,20 +113,48 @@ class PendingSend:
         """Set the outcome (once; later calls are ignored) and run the callbacks."""
         if self._done:
             return
-        self._done = True
         self._result = result
         self._error = error
+        self._settled()
+
+    def _settled(self) -> None:
+        """Mark done (the outcome is set) and tell whoever waits."""
+        self._done = True
         if self._event is not None:
             self._event.set()
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            _run_callback(callback, self)
-            more, self._more_callbacks = self._more_callbacks, None
-            for callback in more or ():
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks is None:
+            return
+        if type(callbacks) is list:
+            for callback in callbacks:
                 _run_callback(callback, self)
+        else:
+            _run_callback(callbacks, self)  # type: ignore[arg-type]
 
 
-def _run_callback(callback: Callable[[PendingSend], object], pending: PendingSend) -> None:
+def complete_stored(entries: list[QueuedSend]) -> tuple[int, list[PendingSend]]:
+    """Complete the submitted sends among ``entries`` (an answered flight) that their
+    request stored, in order: how many, and the submitted ones whose request failed (still
+    in flight: the producer retries them). Sends already done and awaited sends (plain
+    ``QueuedSend``) are skipped."""
+    stored = 0
+    failed: list[PendingSend] = []
+    for entry in entries:
+        if type(entry) is not PendingSend or entry._done:
+            continue
+        if entry._error is not None:
+            failed.append(entry)
+            continue
+        stored += 1
+        # _settled, inlined for the common case: nobody waits or listens yet
+        if entry._event is None and entry._callbacks is None:
+            entry._done = True
+        else:
+            entry._settled()
+    return stored, failed
+
+
+def _run_callback(callback: Callback, pending: PendingSend) -> None:
     try:
         callback(pending)
     except Exception:  # an application's callback must not break the producer's tasks

@@ -65,16 +65,23 @@ import anyio
 from tidemq.client._batcher import (
     DEFAULT_BATCH_MAX_BYTES,
     DEFAULT_BATCH_MAX_MESSAGES,
+    Flight,
     QueuedSend,
     SendBatcher,
     send_results,
 )
-from tidemq.client._drafts import DraftSpec, DraftTemplates, build_draft, build_drafts
+from tidemq.client._drafts import (
+    TEMPLATES_CACHED_MAX,
+    DraftSpec,
+    DraftTemplates,
+    build_draft,
+    build_drafts,
+)
 from tidemq.client._ids import default_client_id
 from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._message import SendResult
 from tidemq.client._namesrv import parse_namesrv, route_source
-from tidemq.client._pending import PendingSend
+from tidemq.client._pending import PendingSend, complete_stored
 from tidemq.client._pool import BrokerPool, check_brokers
 from tidemq.client._routes import MessageQueue, RouteCache, TopicRoute
 from tidemq.client._window import InFlightWindow
@@ -91,6 +98,7 @@ from tidemq.errors import (
 )
 from tidemq.net import ConnectionClosed, RequestTimeout
 from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.record import DraftTemplate
 
 logger = logging.getLogger("tidemq.client.producer")
 
@@ -161,7 +169,12 @@ class Producer:
         self._submitted = 0
         """Sends handed to ``submit`` and not yet settled."""
         self._all_settled: anyio.Event | None = None
-        self._on_submitted_answered = self._submitted_answered  # one bound method, not one a send
+        self._now_ms = self._clock.now_ms
+        self._plain_templates: dict[str, DraftTemplate] = {}
+        """``_templates`` of messages without tag, keys or properties, by topic alone."""
+        self._sticky_flights: dict[str, Flight] = {}
+        """The request last gathered for a topic's submitted sends, which the next one
+        joins while it is still being gathered (``Flight.try_add``)."""
         self._submits_since_yield = 0
         self._submit_yield_every = max(16, min(batch_max_messages, max_in_flight // 2))
         """``submit`` yields to the event loop this often, so requests go out while the
@@ -174,7 +187,8 @@ class Producer:
             self._batcher = SendBatcher(self._pool, self._owned, group=group,
                                         timeout_ms=send_timeout_ms,
                                         max_messages=batch_max_messages,
-                                        max_bytes=batch_max_bytes)
+                                        max_bytes=batch_max_bytes,
+                                        on_answered=self._flight_answered)
 
     async def __aenter__(self) -> Self:
         await self._owned.enter()
@@ -319,32 +333,40 @@ class Producer:
         Raises (at once, nothing sent): MessageIllegal, InvalidArgument, TopicNotFound
         (no broker known). The send's own errors are raised by the PendingSend.
         """
-        spec = _spec(tag, key, keys, properties)
-        if type(body) is bytes:
-            draft, unique_id = build_draft(body, self._templates.get(topic, spec),
-                                           self._clock.now_ms(), self._max_message_size_bytes)
-        else:  # bytearray, memoryview (or a wrong type: InvalidArgument)
-            draft, unique_ids = self._drafts(topic, [body], spec)
+        if type(body) is bytes and tag is None and key is None and not keys and \
+                not properties:  # the common case, with the fewest calls
+            template = self._plain_templates.get(topic) or self._plain_template(topic)
+            draft, unique_id = build_draft(body, template, self._now_ms(),
+                                           self._max_message_size_bytes)
+        else:  # bytearray, memoryview (or a wrong type: InvalidArgument); tag, keys, ...
+            draft, unique_ids = self._drafts(topic, [body], _spec(tag, key, keys, properties))
             unique_id = unique_ids[0]
-        window = self._require_open()
+        window = self._in_flight
+        if window is None:
+            raise RuntimeError("use 'async with Producer(...)' before sending")
         if not window.take_nowait():
             await window.acquire()
-        pending = PendingSend(topic, unique_id, sharding_key)
+        pending = PendingSend(topic, unique_id, sharding_key, draft)
         self._submitted += 1
         try:
-            route = self._routes.cached(topic) or await self._routes.get(topic)
             batcher = self._batcher
-            if batcher is None:  # no batching (batch_max_messages=1): send's path, in a task
-                self._owned.task_group.start_soon(self._deliver_submitted, pending, draft,
-                                                  None, None)
+            if batcher is not None and sharding_key is None and not self._pool.any_down():
+                # Join the request still being gathered on the sticky queue (what _choose
+                # would pick); it was chosen from a fresh route a moment ago, so the route
+                # is looked at only when that request is gone.
+                flight = self._sticky_flights.get(topic)
+                if flight is None or not flight.try_add(pending):
+                    route = self._routes.cached(topic) or await self._routes.get(topic)
+                    self._sticky_flights[topic] = batcher.enqueue(
+                        self._choose(route, None, _NO_FAILURES, sticky=True), pending)
             else:
-                entry = QueuedSend(draft, unique_id, self._on_submitted_answered, pending)
-                # The sticky queue's request still gathering (what _choose would pick)?
-                target = self._sticky.get(topic) if sharding_key is None and \
-                    not self._pool.any_down() else None
-                if target is None or not batcher.join_open(target, entry):
+                route = self._routes.cached(topic) or await self._routes.get(topic)
+                if batcher is None:  # batch_max_messages=1: send's path, in a task
+                    self._owned.task_group.start_soon(self._deliver_submitted, pending,
+                                                      draft, None, None)
+                else:
                     batcher.enqueue(self._choose(route, sharding_key, _NO_FAILURES,
-                                                 sticky=True), entry)
+                                                 sticky=True), pending)
         except BaseException as error:
             self._settle_submitted(pending, None, error)
             raise
@@ -354,6 +376,15 @@ class Producer:
             await anyio.lowlevel.checkpoint()
         return pending
 
+    def _plain_template(self, topic: str) -> DraftTemplate:
+        """The template of ``topic`` for messages without tag, keys or properties (kept in
+        ``_plain_templates``, a few at most: a producer's topics)."""
+        template = self._templates.get(topic, _PLAIN_SPEC)  # validates the topic
+        if len(self._plain_templates) >= TEMPLATES_CACHED_MAX:
+            self._plain_templates.clear()
+        self._plain_templates[topic] = template
+        return template
+
     async def flush(self) -> None:
         """Wait until every message handed to ``submit`` so far is stored or has failed."""
         while self._submitted:
@@ -361,23 +392,35 @@ class Producer:
                 self._all_settled = anyio.Event()
             await self._all_settled.wait()
 
-    def _submitted_answered(self, entry: QueuedSend) -> None:
-        """A submitted send's request was answered (called by the batcher's drain)."""
-        pending = entry.context
-        assert isinstance(pending, PendingSend)
-        if entry.error is None:
-            if entry.target is not None and entry.target.queue_id == _NO_QUEUE:
-                self._routes.invalidate(pending.topic)
-            self._settle_submitted(pending, entry.result, None)
-            return
+    def _flight_answered(self, target: MessageQueue, entries: list[QueuedSend]) -> None:
+        """A request holding submitted sends was answered (called by the batcher's drain,
+        once per request): settle the stored ones in one go, retry the failed ones."""
+        stored, failed = complete_stored(entries)
+        if stored:
+            if target.queue_id == _NO_QUEUE:
+                self._routes.invalidate(target.topic)  # created, perhaps: learn its queues
+            window = self._in_flight
+            if window is not None:
+                window.release_many(stored)
+            self._submitted -= stored
+            if not self._submitted and self._all_settled is not None:
+                self._all_settled.set()
+                self._all_settled = None
+        for pending in failed:
+            self._retry_submitted(pending, target)
+
+    def _retry_submitted(self, pending: PendingSend, target: MessageQueue) -> None:
+        """A submitted send's first try, to ``target``, failed (``pending._error``)."""
+        error = pending._error
+        assert error is not None
         if self._owned.closed:
-            self._settle_submitted(pending, None, entry.error)
+            self._settle_submitted(pending, None, error)
             return
-        try:  # a failure: the retry logic of send(), in a task of its own
-            self._owned.task_group.start_soon(self._deliver_submitted, pending, entry.draft,
-                                              entry.target, entry.error)
+        try:  # the retry logic of send(), in a task of its own
+            self._owned.task_group.start_soon(self._deliver_submitted, pending,
+                                              pending._draft, target, error)
         except RuntimeError:  # the producer is closing
-            self._settle_submitted(pending, None, entry.error)
+            self._settle_submitted(pending, None, error)
 
     async def _deliver_submitted(self, pending: PendingSend, draft: bytes,
                                  failed_target: MessageQueue | None,

@@ -58,6 +58,14 @@ class InFlightWindow:
         else:
             self.free += 1
 
+    def release_many(self, count: int) -> None:
+        """``release`` ``count`` times (a whole answered request at once)."""
+        waiting = self._waiting
+        while count and waiting:
+            waiting.popleft().set()
+            count -= 1
+        self.free += count
+
     @property
     def in_use(self) -> int:
         return self.size - self.free

@@ -10,9 +10,10 @@ import pytest
 import trio
 import trio.testing
 
-from tidemq.client._batcher import SendBatcher
+from tidemq.client._batcher import QueuedSend, SendBatcher
 from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._message import SendResult
+from tidemq.client._pending import PendingSend, complete_stored
 from tidemq.client._pool import BrokerPool
 from tidemq.client._routes import MessageQueue
 from tidemq.errors import MessageIllegal, SystemBusy
@@ -180,3 +181,48 @@ async def test_closing_fails_the_sends_still_waiting() -> None:
     assert len(results) == 2
     with pytest.raises(RuntimeError):
         await sender.send(QUEUE, b"late", "late")
+
+
+async def test_awaited_and_submitted_sends_share_a_request_and_each_gets_its_result() -> None:
+    answered: list[list[QueuedSend]] = []
+    drafts = [b"s%03d" % i for i in range(7)]
+    results: dict[bytes, SendResult | BaseException] = {}
+    submitted = {draft: PendingSend("orders", draft.hex(), None, draft)
+                 for draft in drafts if int(draft[1:]) % 2}
+    async with batcher(on_answered=lambda target, entries: answered.append(entries)) \
+            as (sender, pool), trio.open_nursery() as nursery:
+        for draft in drafts:  # the first goes out alone; the others share the second request
+            if draft in submitted:
+                sender.enqueue(QUEUE, submitted[draft])
+            else:
+                await _start_sends(nursery, sender, [draft], results)
+        pool.gate.set()
+    assert [len(d) for _, d in pool.calls] == [1, 6]
+    assert len(answered) == 1  # once, with the flight
+    assert answered[0][0] is submitted[drafts[1]]
+    for entries in answered:
+        assert complete_stored(entries) == (len(submitted), [])
+    for draft, pending in submitted.items():
+        results[draft] = pending.result()
+    assert [cast(SendResult, results[d]).queue_offset for d in drafts] == list(range(7))
+    assert [cast(SendResult, results[d]).unique_id for d in drafts] == [d.hex() for d in drafts]
+    assert [cast(SendResult, results[d]).msg_id for d in drafts] == \
+        [f"id{i:016X}" for i in range(7)]
+
+
+async def test_a_failed_request_leaves_its_submitted_sends_for_the_producer_to_retry() -> None:
+    answered: list[list[QueuedSend]] = []
+    entries = [PendingSend("orders", f"u{i}", None, b"f%03d" % i) for i in range(3)]
+    async with batcher(on_answered=lambda target, flight: answered.append(flight)) \
+            as (sender, pool):
+        pool.fail_with = [SystemBusy("busy")]
+        for entry in entries:  # the first goes out alone, the others wait for it
+            sender.enqueue(QUEUE, entry)
+            await trio.testing.wait_all_tasks_blocked()
+        pool.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+    stored, failed = complete_stored([entry for flight in answered for entry in flight])
+    assert (stored, [pending.unique_id for pending in failed]) == (2, ["u0"])
+    assert isinstance(entries[0]._error, SystemBusy)
+    assert not entries[0].done()  # the producer settles it after its retries
+    assert [entry.result().queue_offset for entry in entries[1:]] == [0, 1]

@@ -12,10 +12,17 @@ import trio
 
 from tidemq.client import PendingSend, Producer
 from tidemq.client._routes import MessageQueue, TopicRoute
+from tidemq.common.clock import ManualClock
 from tidemq.errors import MessageIllegal, SystemBusy, TideError
 from tidemq.net import ConnectionClosed
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Body, Fields, Response
+from tidemq.protocol.record import (
+    PROPERTY_KEYS,
+    PROPERTY_TAGS,
+    PROPERTY_UNIQUE_ID,
+    encode_draft,
+)
 
 BROKERS = ("b1:1", "b2:1")
 _SIZE = struct.Struct("<I")
@@ -30,6 +37,7 @@ class ScriptedNetwork:
         self.fail_with: list[TideError | None] = []
         self.hang = False
         self.offsets: dict[tuple[str, int], int] = {}
+        self.bodies: list[bytes] = []
 
     async def call(self, address: str, code: RequestCode, fields: Fields, body: Body = b"",
                    *, timeout_ms: int | None = None) -> Response:
@@ -40,6 +48,7 @@ class ScriptedNetwork:
             count += 1
         queue_id = cast(int, fields["queue_id"])
         self.calls.append((address, queue_id, count))
+        self.bodies.append(data)
         await trio.sleep(0.001)
         if self.hang:
             await trio.sleep_forever()
@@ -136,3 +145,43 @@ async def test_a_send_still_in_flight_has_no_result_yet() -> None:
         assert "in flight" in repr(pending)
         await pending
         assert "stored" in repr(pending)
+
+
+@pytest.mark.parametrize("options", [
+    {},  # the plain fast path
+    {"tag": "created"}, {"key": "k1"}, {"properties": {"region": "eu"}},
+    {"sharding_key": "user-7"},
+])
+async def test_a_submitted_draft_is_the_records_encoding(options: dict[str, Any]) -> None:
+    clock = ManualClock(1_700_000_000_123)
+    async with scripted_producer(clock=clock) as (producer, network):
+        handles = [await producer.submit("orders", b"body %d" % i, **options)
+                   for i in range(3)]
+        await producer.flush()
+    properties: dict[str, str] = dict(options.get("properties", {}))
+    if "key" in options:
+        properties[PROPERTY_KEYS] = options["key"]
+    if "tag" in options:  # (as a property, it is hashed all the same)
+        properties[PROPERTY_TAGS] = options["tag"]
+    expected = [encode_draft("orders", b"body %d" % i,
+                             {**properties, PROPERTY_UNIQUE_ID: pending.unique_id},
+                             born_timestamp_ms=clock.now_ms())
+                for i, pending in enumerate(handles)]
+    assert b"".join(network.bodies) == b"".join(expected)
+    assert len({pending.unique_id for pending in handles}) == 3
+    results = [pending.result() for pending in handles]
+    assert [result.unique_id for result in results] == [p.unique_id for p in handles]
+    assert all(pending.result() is result for pending, result in zip(handles, results, strict=True))
+
+
+async def test_submitted_sends_to_one_queue_keep_their_order_across_requests() -> None:
+    async with scripted_producer(max_in_flight=64, batch_max_messages=5) as (producer, network):
+        handles = [await producer.submit("orders", b"%03d" % i) for i in range(40)]
+        await producer.flush()
+    assert all(count <= 5 for _, _, count in network.calls)
+    by_queue: dict[tuple[str, int], list[int]] = {}
+    for pending in handles:
+        result = pending.result()
+        by_queue.setdefault((result.broker, result.queue_id), []).append(result.queue_offset)
+    assert all(offsets == sorted(offsets) for offsets in by_queue.values())
+    assert sum(len(offsets) for offsets in by_queue.values()) == 40

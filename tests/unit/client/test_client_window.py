@@ -89,3 +89,21 @@ async def test_a_cancelled_waiter_loses_no_slot() -> None:
     assert window.free == 1
     async with window:
         assert window.free == 0
+
+
+async def test_releasing_many_hands_slots_to_waiters_first_then_frees_the_rest() -> None:
+    window = InFlightWindow(3)
+    assert all(window.take_nowait() for _ in range(3))
+    got: list[int] = []
+
+    async def waiter(index: int) -> None:
+        await window.acquire()
+        got.append(index)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(2):
+            nursery.start_soon(waiter, index)
+            await trio.testing.wait_all_tasks_blocked()
+        window.release_many(3)  # two go to the waiters, in order; one is free
+    assert got == [0, 1]
+    assert (window.free, window.in_use) == (1, 2)
