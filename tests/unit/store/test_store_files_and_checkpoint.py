@@ -3,6 +3,7 @@ damage to it is a reason string (recovery then scans everything), never an excep
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidemq.errors import StoreError
+from tidemq.store import files as files_module
 from tidemq.store.checkpoint import (
     Checkpoint,
     decode_checkpoint,
@@ -19,7 +21,7 @@ from tidemq.store.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from tidemq.store.files import atomic_write, read_file
+from tidemq.store.files import atomic_write, read_file, zero_fill
 
 
 def test_atomic_write_creates_and_replaces(tmp_path: Path) -> None:
@@ -111,3 +113,29 @@ def test_segments_are_preallocated_not_sparse(tmp_path: Path) -> None:
         assert allocated_bytes >= segment_size  # every block reserved, not a sparse file
     finally:
         store.close()
+
+
+def test_zero_fill_writes_zeros_in_small_writes(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each write's pages become one page-cache folio, written back whole once dirtied
+    through the mapping: zero-filling must not make folios larger than 64 KiB (see
+    ``zero_fill``)."""
+    sizes: list[int] = []
+    real_pwrite = os.pwrite
+
+    def recording_pwrite(fd: int, data: memoryview, offset: int) -> int:
+        sizes.append(len(data))
+        return real_pwrite(fd, data, offset)
+
+    path = tmp_path / "segment"
+    path.write_bytes(b"x" * 100)
+    size = 1024 * 1024 + 4096
+    monkeypatch.setattr(files_module.os, "pwrite", recording_pwrite)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        zero_fill(fd, size, str(path))
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(size)
+    assert max(sizes) <= 64 * 1024
+    assert sum(sizes) == size
