@@ -14,9 +14,9 @@ its own limits, so one misbehaving peer costs only its own connection::
                  bad bytes     --> PROTOCOL_ERROR answer (when possible), then close
 
 The handler returns the ``Response`` (build it with ``request.respond(...)``), or None for
-a oneway request. Raising a ``TideError`` answers with its code and remark; raising anything
-else answers INTERNAL and logs the traceback here. Neither ends the connection or the
-server.
+a oneway request or one it answered already with ``context.respond_now``. Raising a
+``TideError`` answers with its code and remark; raising anything else answers INTERNAL and
+logs the traceback here. Neither ends the connection or the server.
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ class ServerConnectionContext:
 
     def statistics(self) -> ConnectionStatistics:
         return self._session.statistics()
+
+    def respond_now(self, response: Response) -> bool:
+        """Answer a request of this connection now, from any task (see
+        ``Session.respond_now``); its handler then returns None. False if it could not."""
+        return self._session.respond_now(response)
 
     def close(self) -> None:
         """Drop this connection: the peer's waiting requests fail with ConnectionClosed."""

@@ -104,6 +104,8 @@ class Session:
         self._admitted: collections.deque[Request] = collections.deque()
         self._idle_workers: list[anyio.Event] = []
         self._workers_closing = False
+        self._answered_early: set[int] = set()
+        """Requests a handler answered with ``respond_now`` and has not returned from."""
         self._close_reason: ConnectionClosed | None = None
         self._peer_complaint = ""
         self._frames_received = 0
@@ -390,6 +392,24 @@ class Session:
                 await self._send_response(response)
         finally:
             self._in_flight_requests -= 1
+            if self._answered_early:
+                self._answered_early.discard(request.opaque)
+
+    def respond_now(self, response: Response) -> bool:
+        """Answer a request being handled from the calling task, now (not necessarily the
+        handler's own task: a send answers the pulls it woke, see broker.long_polling). The
+        handler then returns None. False, and nothing sent, when the answer cannot go at
+        once (the send queue is full or closing, the response does not encode): the handler
+        answers as usual then."""
+        if self._writer.closed or not self._writer.has_room():
+            return False
+        try:
+            frame = self._connection.send_response(response)
+        except (LocalProtocolError, ConnectionBroken):
+            return False
+        self._answered_early.add(response.opaque)
+        self._writer.write_nowait(frame)
+        return True
 
     async def _call_handler(self, request: Request) -> Response | None:
         if self._handler is None:
@@ -402,8 +422,10 @@ class Session:
             if not isinstance(exc, TideError):
                 logger.exception("handler_failed",
                                  extra={"peer": self._peer_name, "code": request.code.name})
-            return None if request.oneway else error_response(request.opaque, exc)
-        if request.oneway:
+            if request.oneway or request.opaque in self._answered_early:
+                return None
+            return error_response(request.opaque, exc)
+        if request.oneway or request.opaque in self._answered_early:
             return None
         # Checked at run time too: a handler is user code, and a wrong return value must
         # not take the connection down.

@@ -9,18 +9,21 @@ one writer task that joins whatever is queued into one ``send`` (up to
                                 |<-- queued_bytes -------->|
     producers --await wait_ready()-- while queued_bytes >= high_water_bytes
 
-Latency: a frame written while nothing is queued or being sent, and no frame went out
-directly since the writer task last ran, is sent at once by ``write_nowait`` itself, with
-one non-blocking ``send`` on the socket (Trio, plain TCP only): the writer task would reach
-it only in the scheduler's next pass, and every pass a message waits for on each hop added
-up to a fifth of W3's end-to-end latency. The writer task is then woken once, so frames
-written later in the same pass are queued and leave together, as before: under load a pass
-costs at most one direct ``send`` more than it did. Whatever the socket does not take at
-once (a full buffer, an error) is queued in front, and the writer task sends it or records
-the error. Other streams (TLS, asyncio's transports, test streams) always go through the
-writer task, since only it may call their ``send``. Nor does a task that is being
-cancelled send directly (a handler whose connection was just closed): its frame is queued,
-and leaves only if the writer task is still running.
+Latency: a frame written while nothing is queued or being sent is sent at once by
+``write_nowait`` itself, with one non-blocking ``send`` on the socket (Trio, plain TCP
+only): the writer task would reach it only in the scheduler's next pass, and every pass a
+message waits for on each hop added up to a fifth of W3's end-to-end latency. At most one
+frame goes out directly per ``DIRECT_SEND_SPACING_S``, or per run of the writer task if
+that comes sooner: frames written right after one are queued and leave together in the
+writer task, so under load a connection makes at most one direct ``send`` per pass or per
+half millisecond more than it did. An idle connection's frames all go directly and never
+wake the writer task (a wake-up is a task step the process runs before it can sleep again,
+and on a shared core the peer our frame woke waits for it). Whatever the socket does not
+take at once (a full buffer, an error) is queued in front, and the writer task sends it or
+records the error. Other streams (TLS, asyncio's transports, test streams) always go
+through the writer task, since only it may call their ``send``. Nor does a task that is
+being cancelled send directly (a handler whose connection was just closed): its frame is
+queued, and leaves only if the writer task is still running.
 
 Back-pressure: producers call ``await wait_ready()`` before producing a frame, so the queue
 stays near ``high_water_bytes`` (it may exceed it by one frame per waiting producer, which
@@ -37,7 +40,8 @@ from __future__ import annotations
 import collections
 import math
 import socket
-from typing import final
+import time
+from typing import Final, final
 
 import anyio
 import anyio.abc
@@ -46,6 +50,8 @@ from tidemq.common.units import KIB, MIB
 
 DEFAULT_HIGH_WATER_BYTES = 4 * MIB
 DEFAULT_BATCH_SIZE_MAX_BYTES = 256 * KIB
+DIRECT_SEND_SPACING_S: Final = 500e-6
+"""Least time between two direct sends of one writer, unless its task ran in between."""
 
 
 @final
@@ -69,8 +75,9 @@ class FrameWriter:
         self._socket = _direct_socket(stream)
         self._sending = False
         """The writer task is inside ``stream.send``: nothing may be sent beside it."""
-        self._direct_sent = False
-        """A frame went out directly and the writer task has not run since."""
+        self._last_direct_send = -math.inf
+        """When (perf_counter) a frame last went out directly; -inf once the writer task
+        ran since."""
 
     @property
     def direct_sends(self) -> bool:
@@ -94,17 +101,18 @@ class FrameWriter:
     def write_nowait(self, frame: bytes) -> None:
         """Queue ``frame`` for sending. The caller checks ``closed`` first."""
         assert not self._closed, "write after close"
-        if self._socket is not None and not self._queue and not self._sending and \
-                not self._direct_sent and anyio.current_effective_deadline() != -math.inf:
-            try:
-                sent = self._socket.send(frame)
-            except OSError:  # would block, or failed: the writer task retries and reports
-                sent = 0
-            self._direct_sent = True
-            self._data_queued.set()  # the writer task clears _direct_sent in its next pass
-            if sent == len(frame):
-                return
-            frame = frame[sent:]
+        if self._socket is not None and not self._queue and not self._sending:
+            now = time.perf_counter()
+            if now - self._last_direct_send >= DIRECT_SEND_SPACING_S and \
+                    anyio.current_effective_deadline() != -math.inf:
+                self._last_direct_send = now
+                try:
+                    sent = self._socket.send(frame)
+                except OSError:  # would block, or failed: the writer task retries, reports
+                    sent = 0
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]
         self._queue.append(frame)
         self._queued_bytes += len(frame)
         self._data_queued.set()
@@ -133,7 +141,7 @@ class FrameWriter:
     async def run(self) -> None:
         """Send queued frames until closed and drained, or until a send fails."""
         while True:
-            self._direct_sent = False
+            self._last_direct_send = -math.inf
             if not self._queue:
                 if self._closed:
                     return

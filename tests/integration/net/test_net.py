@@ -323,6 +323,48 @@ async def test_handler_errors_become_error_responses(caplog: pytest.LogCaptureFi
                for record in caplog.records)
 
 
+async def test_a_request_answered_early_from_another_task_gets_that_one_answer(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A parked handler answered by another request's handler (respond_now, as a send
+    answers the pulls it wakes) returns None, or even fails, without a second response."""
+    parked: dict[int, tuple[Request, ServerConnectionContext, anyio.Event]] = {}
+    parked_now = anyio.Event()
+
+    async def handler(request: Request, context: ServerConnectionContext) -> Response | None:
+        if request.code is RequestCode.PULL_MESSAGE:
+            released = anyio.Event()
+            parked[request.fields["n"]] = (request, context, released)  # type: ignore[index]
+            parked_now.set()
+            await released.wait()
+            if request.fields["n"] == 2:
+                raise ValueError("failed after answering")
+            return None
+        if request.code is not RequestCode.SEND_MESSAGE:
+            return request.respond()
+        waiting, waiting_context, released = parked.pop(request.fields["n"])  # type: ignore[arg-type]
+        assert waiting_context.respond_now(waiting.respond({"early": True}))
+        released.set()
+        return request.respond({"answered": waiting.opaque})
+
+    with anyio.fail_after(GUARD_S):
+        async with running_server(handler) as server, await server.connect() as client:
+            for n in (1, 2):
+                answers: list[Response] = []
+
+                async def pull(n: int, answers: list[Response]) -> None:
+                    answers.append(await client.request(RequestCode.PULL_MESSAGE, {"n": n}))
+                async with anyio.create_task_group() as group:
+                    group.start_soon(pull, n, answers)
+                    await parked_now.wait()
+                    parked_now = anyio.Event()
+                    assert (await client.call(RequestCode.SEND_MESSAGE, {"n": n})).ok
+                assert [answer.fields for answer in answers] == [{"early": True}]
+            assert (await client.call(RequestCode.HEARTBEAT)).ok  # still serving
+            assert client.statistics().outstanding_requests == 0
+    assert not any(record.message in ("handler_bad_response", "response_not_encodable")
+                   for record in caplog.records)
+
+
 async def test_oneway_requests_get_no_response() -> None:
     received: list[Request] = []
     got_one = anyio.Event()

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 
 import anyio
 import anyio.abc
+import pytest
 
+from tidemq.net import _writer
 from tidemq.net._writer import FrameWriter
 
 
@@ -106,25 +108,36 @@ async def receive_exactly(stream: anyio.abc.ByteReceiveStream, size: int) -> byt
     return bytes(received)
 
 
-async def test_a_frame_to_an_idle_trio_socket_leaves_without_the_writer_task() -> None:
+async def test_a_frame_to_an_idle_trio_socket_leaves_without_the_writer_task(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(_writer.time, "perf_counter", lambda: clock[0])
     async with tcp_pair() as (near, far):
         writer = FrameWriter(near)
         assert writer.direct_sends
         writer.write_nowait(b"first")  # run() never started: only a direct send moves it
-        with anyio.fail_after(5):
-            assert await receive_exactly(far, 5) == b"first"
         assert writer.queued_bytes == 0
-        # The writer task has not run since: the next frame waits for it (so a burst of
-        # frames in one pass still leaves in one send), and keeps its place behind the first.
+        # Right after a direct send, the next frame waits for the writer task (so a burst
+        # of frames in one pass still leaves in one send), and keeps its place behind it.
+        clock[0] += _writer.DIRECT_SEND_SPACING_S / 2
         writer.write_nowait(b"second")
         assert writer.queued_bytes == 6
         with anyio.fail_after(5):
+            assert await receive_exactly(far, 5) == b"first"
             async with anyio.create_task_group() as group:
                 group.start_soon(writer.run)
                 assert await receive_exactly(far, 6) == b"second"
                 writer.write_nowait(b"third")
                 assert await receive_exactly(far, 5) == b"third"
                 writer.close()
+    async with tcp_pair() as (near, far):
+        writer = FrameWriter(near)
+        writer.write_nowait(b"one")
+        clock[0] += _writer.DIRECT_SEND_SPACING_S
+        writer.write_nowait(b"two")  # spaced out: directly too, no writer task needed
+        assert writer.queued_bytes == 0
+        with anyio.fail_after(5):
+            assert await receive_exactly(far, 6) == b"onetwo"
 
 
 async def test_what_the_socket_does_not_take_at_once_is_queued_in_order() -> None:

@@ -3,7 +3,10 @@
 A pull reads up to ``max_count`` records of one queue from ``offset``, filtered by tag hash.
 When there is nothing new and the pull allows suspension, it parks on the queue's waiter
 until a send to that queue wakes it or ``suspend_ms`` passes, then reads again. There is
-no busy polling. A pull may carry the group's consumed offset to commit in the same trip.
+no busy polling. The send that wakes it answers it on the spot when it can
+(``long_polling``: the response is written from the sender's task, and the handler then
+returns None, the request being answered already). A pull may carry the group's consumed
+offset to commit in the same trip.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from tidemq.broker.long_polling import PullWake
 from tidemq.errors import InvalidArgument, NoPermission
 from tidemq.protocol import fields
 from tidemq.protocol.codes import RequestCode
@@ -29,7 +33,7 @@ SUSPEND_MS_MAX: Final = 60_000
 
 
 async def handle_pull(broker: Broker, request: Request, context: ServerConnectionContext
-                      ) -> Response:
+                      ) -> Response | None:
     f = request.fields
     group = fields.string(f, "group")
     topic_name = fields.string(f, "topic")
@@ -48,18 +52,32 @@ async def handle_pull(broker: Broker, request: Request, context: ServerConnectio
     if commit_offset is not None and commit_offset >= 0:
         broker.offsets.commit(group, topic_name, queue_id, commit_offset)
     tag_hashes = subscription.tag_hashes
-    result = broker.store.get_messages(topic_name, queue_id, offset, max_count=max_count,
-                                       max_bytes=max_bytes, tag_hashes=tag_hashes)
+
+    def read(from_offset: int) -> GetResult:
+        return broker.store.get_messages(topic_name, queue_id, from_offset,
+                                         max_count=max_count, max_bytes=max_bytes,
+                                         tag_hashes=tag_hashes)
+
+    result = read(offset)
     if result.status is GetStatus.NO_NEW_MESSAGE and suspend_ms > 0:
         deadline = trio.current_time() + suspend_ms / 1000
+
+        def answer_now() -> bool:
+            """From the send that woke us (see long_polling): read and answer at once."""
+            found = read(result.next_offset)
+            return not _nothing_to_return(found) and \
+                context.respond_now(_response(request, found))
+
         while _nothing_to_return(result):
             remaining = deadline - trio.current_time()
-            if remaining <= 0 or not await broker.waiters.wait(topic_name, queue_id,
-                                                               remaining):
+            if remaining <= 0:
                 break
-            result = broker.store.get_messages(topic_name, queue_id, result.next_offset,
-                                               max_count=max_count, max_bytes=max_bytes,
-                                               tag_hashes=tag_hashes)
+            wake = await broker.waiters.wait(topic_name, queue_id, remaining, answer_now)
+            if wake is PullWake.ANSWERED:
+                return None
+            if wake is PullWake.TIMED_OUT:
+                break
+            result = read(result.next_offset)
     return _response(request, result)
 
 
