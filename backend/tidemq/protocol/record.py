@@ -44,6 +44,7 @@ import ipaddress
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Final
 
 import msgpack
@@ -232,24 +233,27 @@ class DraftTemplate:
                     born_timestamp_ms: int) -> bytes:
         """The drafts of ``bodies`` (with ``unique_ids``, pairwise) back to back: what
         joining ``encode`` of each gives, in one pass and one final copy."""
-        if len(bodies) != len(unique_ids):
+        count = len(bodies)
+        if count != len(unique_ids):
             raise ValueError("one unique id per body")
-        encoded_ids = [unique_id.encode() for unique_id in unique_ids]
-        if any(len(encoded) != FAST_UNIQUE_ID_BYTES for encoded in encoded_ids):
+        if not count:
+            return b""
+        encoded_ids = list(map(str.encode, unique_ids))
+        if set(map(len, encoded_ids)) != {FAST_UNIQUE_ID_BYTES}:
             return b"".join([self.encode(body, unique_id, born_timestamp_ms)
                              for body, unique_id in zip(bodies, unique_ids, strict=True)])
-        pack, fixed_size = self._layout.pack, self._fixed_size
-        middle, tag_hash_bytes, tail = self._middle, self._tag_hash_bytes, self._tail
-        parts: list[bytes] = []
-        append = parts.append
+        # Every header in one C-level pass (map over struct.pack), then headers and bodies
+        # interleaved in the one final copy: no Python-level step per message.
+        body_lengths = list(map(len, bodies))
         try:
-            for body, encoded in zip(bodies, encoded_ids, strict=True):
-                append(pack(fixed_size + len(body), middle, born_timestamp_ms,
-                            tag_hash_bytes, len(body), tail, encoded))
-                append(body)
+            headers = list(map(self._layout.pack, map(self._fixed_size.__add__, body_lengths),
+                               repeat(self._middle, count), repeat(born_timestamp_ms, count),
+                               repeat(self._tag_hash_bytes, count), body_lengths,
+                               repeat(self._tail, count), encoded_ids))
         except struct.error as error:
             raise MessageIllegal(f"a record field is out of range: {error}") from None
-        return b"".join(parts)
+        return b"".join(chain.from_iterable(zip(headers, bodies, strict=True)))
+
 
 FAST_UNIQUE_ID_BYTES: Final = 32
 """The length of the SDK's unique ids (32 hex digits), which templates encode fastest."""

@@ -72,3 +72,15 @@ def test_ids_from_a_prefix_are_the_ids_of_each_offset(
 def test_ids_from_a_prefix_refuse_offsets_out_of_range(offsets: list[int]) -> None:
     with pytest.raises(ValueError):
         encode_message_ids(message_id_prefix(b"\x7f\x00\x00\x01", 1), offsets)
+
+
+@given(st.one_of(st.text(alphabet="0123456789ABCDEFabcdef", max_size=40), st.text(max_size=8)),
+       st.lists(st.integers(0, 2**64 - 1), max_size=40))
+def test_ids_made_in_bulk_are_the_ids_made_one_by_one(prefix: str, offsets: list[int]) -> None:
+    assert encode_message_ids(prefix, offsets) == [f"{prefix}{offset:016X}" for offset in offsets]
+
+
+@pytest.mark.parametrize("offsets", [[0, 1.5], [0, "7"]])
+def test_ids_from_a_prefix_refuse_offsets_that_are_not_integers(offsets: list[object]) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        encode_message_ids(message_id_prefix(b"\x7f\x00\x00\x01", 1), offsets)  # type: ignore[arg-type]
