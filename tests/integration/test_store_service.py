@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from tidemq.broker.store_service import StoreService
 from tidemq.config import StoreConfig
 from tidemq.errors import MessageIllegal, StoreClosed
 from tidemq.protocol.record import encode_draft, iter_records
 from tidemq.store import MessageStore
+from tidemq.store import segments as segments_module
+from tidemq.store.mapped_file import MappedFile
 
 
 def small_config(tmp_path: Path, **overrides: object) -> StoreConfig:
@@ -120,3 +124,47 @@ async def test_no_segment_is_prepared_before_the_active_one_is_half_full(
         assert store.log.segments._prepared is None  # a fresh broker populates nothing ahead
         assert store.log.segments.segments[0].start == 0  # made at start, then adopted
         nursery.cancel_scope.cancel()
+
+
+async def test_consume_queue_segments_are_made_in_worker_threads_and_puts_keep_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new queue's first segment and a half-full queue's next one are made off the event
+    loop (a put never creates files there), and puts that wait for a first segment are
+    stored in the order they came."""
+    created_on: list[tuple[str, bool]] = []
+    real_mapped_file = segments_module.MappedFile
+
+    def recording_mapped_file(path: str, *args: object, **kwargs: object) -> MappedFile:
+        created_on.append((path, threading.current_thread() is threading.main_thread()))
+        return real_mapped_file(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(segments_module, "MappedFile", recording_mapped_file)
+    store = MessageStore(small_config(tmp_path, flush="async"))
+    service = StoreService(store)
+    offsets: dict[str, int] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+
+        async def put(name: str) -> None:
+            result = await service.put_packed("orders", 5, encode_draft("orders", b"x"))
+            offsets[name] = result.first_queue_offset
+
+        async with trio.open_nursery() as putters:
+            for name in "abc":  # each parks (on the first segment) before the next starts
+                putters.start_soon(put, name)
+                await trio.testing.wait_all_tasks_blocked()
+        assert offsets == {"a": 0, "b": 1, "c": 2}
+        queue = store.queues.get("orders", 5)
+        assert queue is not None
+        for _ in range(128 - 3 + 1):  # past half of its 256 entries: the next is prepared
+            await service.put_packed("orders", 5, encode_draft("orders", b"y"))
+        with trio.fail_after(10):
+            while not queue.segments.next_prepared:  # noqa: ASYNC110 (a worker thread sets it)
+                await trio.sleep(0.01)
+        for _ in range(200):  # across into the prepared segment
+            await service.put_packed("orders", 5, encode_draft("orders", b"z"))
+        assert len(queue.segments.segments) == 2
+        nursery.cancel_scope.cancel()
+    queue_files = [(path, on_loop) for path, on_loop in created_on if "consumequeue" in path]
+    assert len(queue_files) == 2
+    assert not any(on_loop for _path, on_loop in queue_files)

@@ -6,7 +6,10 @@
     flusher task:   plan_flush (loop) -> FlushPlan.execute (worker thread) -> complete_flush,
                     then at once the next flush while writers wait (flush_chain.py)
     preparer task:  zero-fill + populate the next segment (worker thread) once the active
-                    one is half full, so a roll never waits for it
+                    one is half full, so a roll never waits for it; the same for each
+                    consume queue's next segment. A put to a queue with no segment yet
+                    (a new queue) waits for its first one, made in a worker thread, so
+                    the event loop never creates files on the send path
     retention task: apply_retention every retention_check_interval_ms
 
 Group commit: while one fsync runs in its thread, more writers append; the next flush
@@ -46,6 +49,8 @@ class StoreService:
         self._flush_done = trio.Event()  # replaced after each flush (and each timeout tick)
         self._flush_wanted = trio.Event()
         self._prepare_wanted = trio.Event()
+        self._queues_to_prepare: dict[tuple[str, int], None] = {}  # in order, no repeats
+        self._queue_locks: dict[tuple[str, int], trio.Lock] = {}
         self._running = False
         self._last_checkpoint = 0.0
         self.flushes = 0
@@ -79,6 +84,7 @@ class StoreService:
         """Store a list of drafts (one record each); see ``put_packed``."""
         if not self._running:
             raise StoreClosed("the store service is not running")
+        await self._prepare_queue(topic, queue_id)
         return await self._acknowledge(self.store.put_batch(topic, queue_id, drafts))
 
     async def put_packed(self, topic: str, queue_id: int, records: Buffer, *,
@@ -97,8 +103,36 @@ class StoreService:
         """
         if not self._running:
             raise StoreClosed("the store service is not running")
+        await self._prepare_queue(topic, queue_id)
         return await self._acknowledge(self.store.put_packed(topic, queue_id, records),
                                        yield_after=yield_after)
+
+    async def _prepare_queue(self, topic: str, queue_id: int) -> None:
+        """Have the queue's segments made ahead of the put, in a worker thread: its first
+        one now (the put waits), its next one in the background once the last is half
+        full (the put goes on). While a queue's segment is being made, every later put to
+        it waits too, in arrival order, so puts to one queue stay in order."""
+        key = (topic, queue_id)
+        lock = self._queue_locks.get(key)
+        if lock is None:
+            wanted = self.store.queue_segment_wanted(topic, queue_id)
+            if wanted is None:
+                return
+            if not wanted:
+                if key not in self._queues_to_prepare:
+                    self._queues_to_prepare[key] = None
+                    self._prepare_wanted.set()
+                return
+            lock = self._queue_locks[key] = trio.Lock()
+        try:
+            async with lock:
+                if self.store.queue_segment_wanted(topic, queue_id):
+                    await trio.to_thread.run_sync(self.store.prepare_queue_segment, topic,
+                                                  queue_id)
+        finally:
+            # A lock released to a waiter stays locked: it goes once nobody holds or wants it
+            if not lock.locked() and self._queue_locks.get(key) is lock:
+                del self._queue_locks[key]
 
     async def _acknowledge(self, result: PutResult, *, yield_after: bool = True) -> PutResult:
         if self._next_segment_wanted():
@@ -205,9 +239,20 @@ class StoreService:
         while True:
             await self._prepare_wanted.wait()
             self._prepare_wanted = trio.Event()
-            await trio.to_thread.run_sync(self.store.prepare_next_segment)
-            if not self.store.log.segments.next_prepared:
-                await trio.sleep(1.0)  # no room (disk full): try again later, not per put
+            if self._next_segment_wanted():
+                await trio.to_thread.run_sync(self.store.prepare_next_segment)
+                if not self.store.log.segments.next_prepared:
+                    await trio.sleep(1.0)  # no room (disk full): try again later, not per put
+            while self._queues_to_prepare:
+                topic, queue_id = next(iter(self._queues_to_prepare))
+                try:
+                    await trio.to_thread.run_sync(self.store.prepare_queue_segment, topic,
+                                                  queue_id)
+                except TideError as error:  # the put that needs it makes it, or reports
+                    logger.error("preparing a consume-queue segment failed",
+                                 extra={"topic": topic, "queue_id": queue_id,
+                                        "error": str(error)})
+                del self._queues_to_prepare[(topic, queue_id)]
 
     async def _retention_loop(self) -> None:
         while True:

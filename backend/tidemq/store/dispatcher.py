@@ -26,7 +26,6 @@ from tidemq.protocol.record import (
 )
 from tidemq.store.commit_log import AppendedBatch, CommitLog, ValidatedBatch
 from tidemq.store.consume_queue import ConsumeQueue
-from tidemq.store.files import store_error
 from tidemq.store.index import KeyIndex, key_hash_seed
 from tidemq.store.record_keys import KeyReader
 
@@ -63,14 +62,13 @@ class QueueTable:
         return self.queues.get((topic, queue_id))
 
     def get_or_create(self, topic: str, queue_id: int) -> ConsumeQueue:
+        """The queue's object, made on first use without any I/O: its directory and first
+        segment are made with that segment (``SegmentQueue``), ahead of need by
+        ``MessageStore.prepare_queue_segment``, in a worker thread)."""
         queue = self.queues.get((topic, queue_id))
         if queue is None:
             directory = os.path.join(self.root, topic, str(queue_id))
             queue = ConsumeQueue(directory, topic, queue_id, self.entries_per_segment)
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as error:
-                raise store_error(error, "creating", directory) from None
             self.queues[(topic, queue_id)] = queue
         return queue
 

@@ -38,7 +38,7 @@ from tidemq.errors import DiskFull, MessageIllegal, StoreClosed, StoreError
 from tidemq.protocol.record import Record, pack_host, unpack_host
 from tidemq.store.checkpoint import Checkpoint, write_checkpoint
 from tidemq.store.commit_log import CommitLog
-from tidemq.store.consume_queue import ConsumeQueue
+from tidemq.store.consume_queue import ENTRY_SIZE, ConsumeQueue
 from tidemq.store.dispatcher import Dispatcher, QueueTable
 from tidemq.store.files import store_error
 from tidemq.store.index import KeyIndex
@@ -273,6 +273,39 @@ class MessageStore:
         self._batches_appended += 1
         return PutResult(topic, queue_id, first_queue_offset, appended.commit_offsets,
                          appended.end_offset, now_ms)
+
+    # -- consume-queue segments ahead of need -----------------------------------------
+    def queue_segment_wanted(self, topic: str, queue_id: int) -> bool | None:
+        """Whether the queue should have a segment made ahead of its puts (event loop; no
+        I/O): None when none is wanted; False when only the next one is (the last is half
+        full: the put can go on); True when the queue has no segment for its next entry,
+        so the put would make one on the event loop (a new queue: a directory, a file and
+        its preallocation, up to a few ms on ext4). Illegal names want nothing (the put
+        refuses them)."""
+        if not 0 <= queue_id < 65536 or (topic not in self._checked_topics and
+                                         not TOPIC_PATTERN.match(topic)):
+            return None
+        queue = self.queues.get_or_create(topic, queue_id)
+        segments = queue.segments
+        if segments.next_prepared:
+            return None
+        position = queue.max_offset * ENTRY_SIZE
+        if segments.empty or position >= segments.last.end:
+            return True
+        if position - segments.last.start >= segments.segment_size // 2:
+            return False
+        return None
+
+    def prepare_queue_segment(self, topic: str, queue_id: int) -> None:
+        """Make the queue's next segment (blocking: a worker thread). A full disk is not an
+        error here: the put that needs the segment reports it."""
+        queue = self.queues.get(topic, queue_id)
+        if queue is None or not self._open:
+            return
+        try:
+            queue.segments.prepare_next()
+        except DiskFull:
+            pass
 
     # -- flushing -----------------------------------------------------------------------
     def plan_flush(self, *, with_indexes: bool = True) -> FlushPlan:

@@ -115,6 +115,8 @@ class SegmentQueue:
             else:
                 if prepared is not None:
                     prepared.destroy()
+                if not self.segments:  # a queue's first segment: maybe no directory yet
+                    self._make_directory()
                 # Not prepared ahead (a fresh store, or a burst outran the preparer): no
                 # populate here, on the caller's thread; pages fault in as they are written.
                 segment = MappedFile(self._path(start), start, self.segment_size,
@@ -127,8 +129,8 @@ class SegmentQueue:
     def next_prepared(self) -> bool:
         """Whether the segment after the last one is already made (no lock: a hint)."""
         prepared = self._prepared
-        return prepared is not None and bool(self.segments) and \
-            prepared.start == self.segments[-1].end
+        return prepared is not None and \
+            prepared.start == (self.segments[-1].end if self.segments else 0)
 
     def prepare_next(self) -> None:
         """Preallocate, map and populate the segment after the last one (blocking: run in
@@ -147,6 +149,8 @@ class SegmentQueue:
             start = self.segments[-1].end if self.segments else 0
             if self._prepared is not None and self._prepared.start == start:
                 return
+            if not self.segments:
+                self._make_directory()
             path = self._path(start)
             if os.path.exists(path):
                 return
@@ -203,6 +207,12 @@ class SegmentQueue:
             if self._prepared is not None:
                 self._prepared.destroy()
                 self._prepared = None
+
+    def _make_directory(self) -> None:
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as error:
+            raise store_error(error, "creating", self.directory) from None
 
     def _path(self, start: int) -> str:
         return os.path.join(self.directory, segment_name(start))

@@ -22,7 +22,7 @@ def test_a_zero_filled_segment_is_published_and_adopted(tmp_path: Path) -> None:
     queue.prepare_next()
     assert sorted(os.listdir(tmp_path)) == [segment_name(0)]  # no temporary name left
     assert os.stat(tmp_path / segment_name(0)).st_size == SIZE
-    assert queue.next_prepared is False  # nothing to follow yet: it is the first segment
+    assert queue.next_prepared  # the first segment, ready for the first create
     segment = queue.create(0)
     assert segment.path == str(tmp_path / segment_name(0))
     assert bytes(segment.map[:4096]) == bytes(4096)
