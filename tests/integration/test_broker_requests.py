@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from tidemq.broker.long_polling import PullWake
 from tidemq.broker.node import Broker, BrokerStarted
 from tidemq.common.ids import encode_message_ids
 from tidemq.errors import (
@@ -94,6 +96,46 @@ async def test_long_poll_wakes_on_send_well_before_its_timeout(running_broker: R
                 await client.call(RequestCode.SEND_MESSAGE, {"topic": "events", "queue_id": 0},
                                   encode_draft("events", b"wake"))
         assert 0.25 <= woke_after_s[0] < 2.0  # parked, then woken by the send, not the timer
+
+
+async def test_a_parked_pull_is_answered_by_the_send_itself(running_broker: Running,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """The send that wakes a parked pull writes the pull's answer from its own task (no
+    woken pull is left to answer in its own task), and the records arrive as usual."""
+    broker, started = running_broker
+    left_to_answer: list[bool] = []
+    parked = trio.Event()
+    notify, wait = broker.waiters.notify, broker.waiters.wait
+
+    def spy_notify(topic: str, queue_id: int) -> bool:
+        left_to_answer.append(notify(topic, queue_id))
+        return left_to_answer[-1]
+
+    async def spy_wait(*args: Any) -> PullWake:
+        parked.set()
+        return await wait(*args)
+    monkeypatch.setattr(broker.waiters, "notify", spy_notify)
+    monkeypatch.setattr(broker.waiters, "wait", spy_wait)
+    async with await connect(started.host, started.port, client_id="t") as client:
+        await client.call(RequestCode.CREATE_TOPIC, {"topic": "events", "queue_count": 1})
+        pulled: list[bytes] = []
+
+        async def poll() -> None:
+            answer = await client.call(RequestCode.PULL_MESSAGE, {
+                "group": "g", "topic": "events", "queue_id": 0, "offset": 0,
+                "suspend_ms": 20_000}, timeout_ms=30_000)
+            pulled.extend(r.body for r in iter_records(answer.body))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                await parked.wait()
+                await client.call(RequestCode.SEND_MESSAGE, {"topic": "events", "queue_id": 0},
+                                  encode_draft("events", b"wake"))
+        assert pulled == [b"wake"]
+        assert left_to_answer == [False]
+        assert broker.waiters.waiting == 0
 
 
 async def test_offsets_commit_query_reset_and_group_lag(running_broker: Running) -> None:
