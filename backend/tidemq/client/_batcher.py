@@ -92,7 +92,7 @@ class SendAnswer:
     """A SEND_MESSAGE / SEND_BATCH answer, checked: each message's SendResult on demand
     (``result``), or all of them (``results``)."""
 
-    __slots__ = ("broker", "commit_offsets", "first_offset", "prefix", "queue_id",
+    __slots__ = ("broker", "commit_offsets", "first_offset", "msg_ids", "prefix", "queue_id",
                  "timestamp_ms", "topic")
 
     def __init__(self, topic: str, broker: str, response: Response, count: int) -> None:
@@ -115,12 +115,18 @@ class SendAnswer:
         self.prefix = prefix
         self.commit_offsets: list[int] = commit_offsets
         self.timestamp_ms = timestamp_ms
+        self.msg_ids: list[str] | None = None
+        """Made by the first ``result``."""
 
     def result(self, index: int, unique_id: str) -> SendResult:
-        """The SendResult of the message at ``index`` of the request."""
-        return SendResult(f"{self.prefix}{self.commit_offsets[index]:016X}", unique_id,
-                          self.topic, self.queue_id, self.first_offset + index, self.broker,
-                          self.timestamp_ms)
+        """The SendResult of the message at ``index`` of the request. The first call makes
+        every message id of the request at once (``encode_message_ids``, in bulk): those
+        asking for one result usually ask for all."""
+        msg_ids = self.msg_ids
+        if msg_ids is None:
+            msg_ids = self.msg_ids = encode_message_ids(self.prefix, self.commit_offsets)
+        return SendResult(msg_ids[index], unique_id, self.topic, self.queue_id,
+                          self.first_offset + index, self.broker, self.timestamp_ms)
 
     def results(self, unique_ids: list[str]) -> list[SendResult]:
         """Every message's SendResult, in order (one per unique id)."""

@@ -64,13 +64,13 @@ class UniqueIds:
 _LOW_DIGITS: Final = tuple(f"{low:02x}" for low in range(256))
 _ID_BLOCK_MASK: Final = (1 << 40) - 1
 """The counter's upper 10 hex digits: ids wrap after 2**48 per process."""
-_UNIQUE_IDS: Final = UniqueIds()
-os.register_at_fork(after_in_child=_UNIQUE_IDS.reset)
+UNIQUE_IDS: Final = UniqueIds()
+os.register_at_fork(after_in_child=UNIQUE_IDS.reset)
 
 
 def next_unique_id() -> str:
     """A client-unique message id (see ``_UniqueIds``)."""
-    return _UNIQUE_IDS.next()
+    return UNIQUE_IDS.next()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +154,7 @@ def build_drafts(
                                        max_message_size_bytes)
         return draft, [unique_id]
     if set(map(type, bodies)) == {bytes} and max(map(len, bodies)) <= max_message_size_bytes:
-        unique_ids = _UNIQUE_IDS.take(len(bodies))  # a batch of plain bytes: one pass
+        unique_ids = UNIQUE_IDS.take(len(bodies))  # a batch of plain bytes: one pass
         return template.encode_many(bodies, unique_ids, born_timestamp_ms), unique_ids
     drafts: list[bytes] = []
     unique_ids = []
@@ -162,9 +162,8 @@ def build_drafts(
         if not isinstance(body, bytes | bytearray | memoryview):
             raise InvalidArgument(f"a message body must be bytes, not {type(body).__name__}")
         if len(body) > max_message_size_bytes:
-            raise MessageIllegal(f"a body of {len(body)} bytes is over the producer's limit "
-                                 f"of {max_message_size_bytes}")
-        unique_id = _UNIQUE_IDS.next()
+            raise body_too_large(len(body), max_message_size_bytes)
+        unique_id = UNIQUE_IDS.next()
         drafts.append(template.encode(body if type(body) is bytes else bytes(body),
                                       unique_id, born_timestamp_ms))
         unique_ids.append(unique_id)
@@ -179,8 +178,12 @@ def build_draft(body: bytes, template: DraftTemplate, born_timestamp_ms: int,
         MessageIllegal: the body is over ``max_message_size_bytes``.
     """
     if len(body) > max_message_size_bytes:
-        raise MessageIllegal(f"a body of {len(body)} bytes is over the producer's limit "
-                             f"of {max_message_size_bytes}")
-    ids = _UNIQUE_IDS
+        raise body_too_large(len(body), max_message_size_bytes)
+    ids = UNIQUE_IDS
     unique_id = next(ids.current, None) or next(ids.refill())  # ids.next(), inlined
     return template.encode(body, unique_id, born_timestamp_ms), unique_id
+
+
+def body_too_large(size: int, max_message_size_bytes: int) -> MessageIllegal:
+    return MessageIllegal(f"a body of {size} bytes is over the producer's limit "
+                          f"of {max_message_size_bytes}")

@@ -21,7 +21,7 @@ from typing import Any, final
 
 import anyio
 
-from tidemq.client._batcher import QueuedSend
+from tidemq.client._batcher import Flight, QueuedSend
 from tidemq.client._message import SendResult
 
 logger = logging.getLogger("tidemq.client.producer")
@@ -38,15 +38,15 @@ class PendingSend(QueuedSend):
     __slots__ = ("_callbacks", "_done", "_event", "_result", "sharding_key", "topic")
 
     def __init__(self, topic: str, unique_id: str, sharding_key: str | None = None,
-                 draft: bytes = b"") -> None:
+                 draft: bytes = b"", flight: Flight | None = None, index: int = 0) -> None:
         self.topic = topic
         self.unique_id = unique_id
         """The id the producer gave the message (property UNIQ_KEY), known at once."""
         self.sharding_key = sharding_key
         self._draft = draft
         self._error: BaseException | None = None
-        self._flight = None
-        self._index = 0
+        self._flight = flight
+        self._index = index
         self._done = False
         self._result: SendResult | None = None
         """Set by ``complete``, or made from the flight's answer when first asked for."""
@@ -146,11 +146,19 @@ def complete_stored(entries: list[QueuedSend]) -> tuple[int, list[PendingSend]]:
             failed.append(entry)
             continue
         stored += 1
-        # _settled, inlined for the common case: nobody waits or listens yet
-        if entry._event is None and entry._callbacks is None:
-            entry._done = True
-        else:
+        # _settled, inlined for the common cases: no waiter, and no or one callback
+        callbacks = entry._callbacks
+        if entry._event is not None or type(callbacks) is list:
             entry._settled()
+            continue
+        entry._done = True
+        if callbacks is not None:
+            entry._callbacks = None
+            try:
+                callbacks(entry)  # type: ignore[operator]
+            except Exception:  # as _run_callback
+                logger.exception("send_callback_failed", extra={
+                    "topic": entry.topic, "unique_id": entry.unique_id})
     return stored, failed
 
 

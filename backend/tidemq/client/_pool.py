@@ -97,7 +97,9 @@ class BrokerPool:
         self._down_for_s = down_for_ms / 1000
         self._entries: dict[str, _Entry] = {}
         self._dial_locks: dict[str, anyio.Lock] = {}
-        self._down_until_s: dict[str, float] = {}
+        self.down_until_s: dict[str, float] = {}
+        """Addresses marked down, until when; empty is ``any_down() == False`` (read it,
+        never change it from outside)."""
         self._owner: OwnedTaskGroup | None = None
 
     def bind(self, owner: OwnedTaskGroup) -> None:
@@ -118,21 +120,21 @@ class BrokerPool:
         self.addresses = tuple(dict.fromkeys([*self.addresses, *sorted(addresses)]))
 
     def is_down(self, address: str) -> bool:
-        until = self._down_until_s.get(address)
+        until = self.down_until_s.get(address)
         if until is None:
             return False
         if anyio.current_time() < until:
             return True
-        del self._down_until_s[address]  # the down period is over
+        del self.down_until_s[address]  # the down period is over
         return False
 
     def any_down(self) -> bool:
         """Whether some address was marked down and has not been dialled again since (a
         cheap test that lets the common case skip per-queue checks)."""
-        return bool(self._down_until_s)
+        return bool(self.down_until_s)
 
     def mark_down(self, address: str) -> None:
-        self._down_until_s[address] = anyio.current_time() + self._down_for_s
+        self.down_until_s[address] = anyio.current_time() + self._down_for_s
 
     def live_addresses(self) -> list[str]:
         """Addresses not marked down, in configured order; all of them if every one is."""
@@ -208,7 +210,7 @@ class BrokerPool:
         except (ConnectionClosed, RequestTimeout):
             self.mark_down(address)
             raise
-        self._down_until_s.pop(address, None)
+        self.down_until_s.pop(address, None)
         return cast(_Entry, entry)
 
     async def _keep(self, address: str, *,

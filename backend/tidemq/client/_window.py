@@ -21,11 +21,12 @@ class InFlightWindow:
     def __init__(self, size: int) -> None:
         self.size = size
         self.free = size
-        self._waiting: deque[anyio.Event] = deque()
+        self.waiting: deque[anyio.Event] = deque()
+        """Senders waiting for a slot, in order (read it, never change it from outside)."""
 
     def take_nowait(self) -> bool:
         """Take a slot if one is free and nobody waits (no scheduling at all)."""
-        if self.free > 0 and not self._waiting:
+        if self.free > 0 and not self.waiting:
             self.free -= 1
             return True
         return False
@@ -37,14 +38,14 @@ class InFlightWindow:
     async def acquire(self) -> None:
         """Wait for a slot, in arrival order."""
         handed = anyio.Event()
-        self._waiting.append(handed)
+        self.waiting.append(handed)
         try:
             await handed.wait()
         except BaseException:
             if handed.is_set():  # a slot arrived as we were cancelled: pass it on
                 self.release()
             else:
-                self._waiting.remove(handed)
+                self.waiting.remove(handed)
             raise
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -53,14 +54,14 @@ class InFlightWindow:
         self.release()
 
     def release(self) -> None:
-        if self._waiting:
-            self._waiting.popleft().set()  # the slot goes straight to the next sender
+        if self.waiting:
+            self.waiting.popleft().set()  # the slot goes straight to the next sender
         else:
             self.free += 1
 
     def release_many(self, count: int) -> None:
         """``release`` ``count`` times (a whole answered request at once)."""
-        waiting = self._waiting
+        waiting = self.waiting
         while count and waiting:
             waiting.popleft().set()
             count -= 1

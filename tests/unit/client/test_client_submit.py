@@ -21,6 +21,7 @@ from tidemq.protocol.record import (
     PROPERTY_KEYS,
     PROPERTY_TAGS,
     PROPERTY_UNIQUE_ID,
+    DraftTemplate,
     encode_draft,
 )
 
@@ -185,3 +186,34 @@ async def test_submitted_sends_to_one_queue_keep_their_order_across_requests() -
         by_queue.setdefault((result.broker, result.queue_id), []).append(result.queue_offset)
     assert all(offsets == sorted(offsets) for offsets in by_queue.values())
     assert sum(len(offsets) for offsets in by_queue.values()) == 40
+
+
+@pytest.mark.parametrize("callbacks", [1, 3])
+async def test_a_failing_callback_does_not_stop_the_rest_of_its_request(
+        callbacks: int, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+
+    def broken(pending: PendingSend) -> None:
+        seen.append(pending.result().unique_id)
+        raise ValueError("the application's bug")
+
+    async with scripted_producer() as (producer, network):
+        handles = [await producer.submit("orders", b"%d" % i) for i in range(6)]
+        for pending in handles:  # one callback (the common case) or a list of them
+            for _ in range(callbacks):
+                pending.add_done_callback(broken)
+        await producer.flush()
+    assert seen == [pending.unique_id for pending in handles for _ in range(callbacks)]
+    assert all(pending.done() and pending.exception() is None for pending in handles)
+    assert caplog.text.count("send_callback_failed") == 6 * callbacks
+    assert len(network.calls) < 6  # they shared requests
+
+
+async def test_submitted_sends_share_requests_within_the_byte_bound() -> None:
+    draft_size = len(DraftTemplate("orders").encode(b"000", "0" * 32, 0))
+    async with scripted_producer(batch_max_bytes=3 * draft_size) as (producer, network):
+        handles = [await producer.submit("orders", b"%03d" % i) for i in range(40)]
+        await producer.flush()
+    assert all(pending.exception() is None for pending in handles)
+    assert max(count for _, _, count in network.calls) == 3
+    assert sum(count for _, _, count in network.calls) == 40
