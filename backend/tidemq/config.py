@@ -29,6 +29,7 @@ from tidemq.errors import ConfigError
 FlushMode = Literal["async", "sync"]
 NameServerMode = Literal["peers", "primary", "chain"]
 ReplicationAck = Literal["async", "semi-sync", "sync"]
+ZeroFill = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,14 @@ class StoreConfig:
     retention_check_interval_ms: int = 10_000
     checkpoint_interval_ms: int = 1_000
     preallocate_next_segment: bool = True
-    zero_fill_segments: bool = True
+    zero_fill_segments: ZeroFill = "auto"
+    """Prepare commit-log segments by writing zeros rather than ``posix_fallocate``:
+    "auto" does with ``flush = "sync"`` only (see docs/decisions.md)."""
+
+    @property
+    def zero_fills_segments(self) -> bool:
+        return self.zero_fill_segments == "always" or \
+            (self.zero_fill_segments == "auto" and self.flush == "sync")
 
     def __post_init__(self) -> None:
         _require(self.segment_size_bytes >= 64 * 1024, "store.segment_size_bytes", ">= 64KiB")
@@ -59,6 +67,8 @@ class StoreConfig:
         _require(self.consume_queue_segment_entries >= 16,
                  "store.consume_queue_segment_entries", ">= 16")
         _require(self.flush in ("async", "sync"), "store.flush", '"async" or "sync"')
+        _require(self.zero_fill_segments in ("auto", "always", "never"),
+                 "store.zero_fill_segments", '"auto", "always" or "never"')
         _require(self.flush_interval_ms >= 1, "store.flush_interval_ms", ">= 1")
         _require(self.sync_flush_timeout_ms >= 1, "store.sync_flush_timeout_ms", ">= 1")
         _require(0 < self.max_message_size_bytes <= self.segment_size_bytes // 2,

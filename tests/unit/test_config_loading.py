@@ -110,3 +110,15 @@ def test_environment_and_override_errors_name_their_source() -> None:
 def test_store_config_validates_directly() -> None:
     with pytest.raises(ValueError, match=r"store\.append_batch_bytes_max"):
         StoreConfig(max_message_size_bytes=1 << 20, append_batch_bytes_max=1 << 10)
+
+
+@pytest.mark.parametrize(("setting", "flush", "zero_fills"), [
+    ("auto", "sync", True), ("auto", "async", False), ("always", "async", True),
+    ("never", "sync", False)])
+def test_segments_are_zero_filled_as_configured(setting: str, flush: str,
+                                                zero_fills: bool) -> None:
+    config = load_config(environ={}, overrides={"store.zero_fill_segments": setting,
+                                                "store.flush": flush})
+    assert config.store.zero_fills_segments is zero_fills
+    with pytest.raises(ConfigError, match=r"store\.zero_fill_segments"):
+        load_config(environ={}, overrides={"store.zero_fill_segments": "true"})

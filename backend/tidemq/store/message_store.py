@@ -106,7 +106,7 @@ class MessageStore:
         self._disk_usage = disk_usage or _disk_usage_ratio
         self.log = CommitLog(os.path.join(self.directory, "commitlog"),
                              config.segment_size_bytes, config.max_message_size_bytes,
-                             pack_host(host), port, zero_fill=config.zero_fill_segments)
+                             pack_host(host), port, zero_fill=config.zero_fills_segments)
         self.queues = QueueTable(os.path.join(self.directory, "consumequeue"),
                                  config.consume_queue_segment_entries)
         self.index = KeyIndex(os.path.join(self.directory, "index"), config.index_slots,
