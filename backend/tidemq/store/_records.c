@@ -191,6 +191,10 @@ static PyObject *stamp_packed(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "stamp_packed: bad arguments");
         goto done;
     }
+    if (count > length / HEADER_SIZE) {  /* more records than could fit: never allocate */
+        PyErr_SetString(PyExc_ValueError, "stamp_packed: records do not fill the range");
+        goto done;
+    }
     offsets = PyList_New(count);
     entries = PyBytes_FromStringAndSize(NULL, count * QUEUE_ENTRY_SIZE);
     if (offsets == NULL || entries == NULL) goto done;
@@ -337,7 +341,8 @@ static PyObject *index_put(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = PyList_GET_SIZE(items);
-    if (slots <= 0 || table_at < 0 || count < 0 || entries_at < table_at + 4 * slots ||
+    if (slots <= 0 || slots > target.len / 4 || table_at < 0 || table_at > target.len ||
+            count < 0 || entries_at < table_at + 4 * slots ||
             entries_at > target.len || (target.len - entries_at) / INDEX_ENTRY_SIZE < count + n) {
         PyErr_SetString(PyExc_ValueError, "index_put: no room for the entries");
         goto done;
