@@ -147,8 +147,8 @@ class SegmentQueue:
         """
         with self._prepare_lock:
             start = self.segments[-1].end if self.segments else 0
-            if self._prepared is not None and self._prepared.start == start:
-                return
+            if self._closed or (self._prepared is not None and self._prepared.start == start):
+                return  # closed meanwhile (a put's preparation racing shutdown), or done
             if not self.segments:
                 self._make_directory()
             path = self._path(start)

@@ -71,3 +71,11 @@ def test_a_preparation_finishing_after_close_leaves_nothing(
     monkeypatch.setattr(segments, "MappedFile", made_then_closed)
     queue.prepare_next()
     assert sorted(os.listdir(tmp_path)) == [segment_name(0)]  # no segment, no temporary
+
+
+def test_a_preparation_after_close_makes_nothing(tmp_path: Path) -> None:
+    queue = SegmentQueue(str(tmp_path / "queue"), SIZE)
+    queue.close()
+    queue.prepare_next()  # a worker thread that lost the race with shutdown
+    assert not (tmp_path / "queue").exists()
+    assert not queue.next_prepared
