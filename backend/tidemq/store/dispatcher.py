@@ -62,9 +62,9 @@ class QueueTable:
         return self.queues.get((topic, queue_id))
 
     def get_or_create(self, topic: str, queue_id: int) -> ConsumeQueue:
-        """The queue's object, made on first use without any I/O: its directory and first
-        segment are made with that segment (``SegmentQueue``), ahead of need by
-        ``MessageStore.prepare_queue_segment``, in a worker thread)."""
+        """The queue's object, made on first use without any I/O. Its directory is made
+        with its first segment (``SegmentQueue``), which ``MessageStore.prepare_queue_segment``
+        makes ahead of need in a worker thread."""
         queue = self.queues.get((topic, queue_id))
         if queue is None:
             directory = os.path.join(self.root, topic, str(queue_id))
