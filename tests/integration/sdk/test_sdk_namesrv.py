@@ -133,9 +133,19 @@ async def test_clients_follow_a_chain_to_its_tail(tmp_path: Path) -> None:
                 peer_timeout_ms=1_000)))
             nodes.append(node)
             await nursery.start(node.run)
-        await wait_until(lambda: all(n.membership.ready for n in nodes) and
-                         len(nodes[0].membership.chain(trio.current_time())) == 3)
-        head, tail = members[0], members[2]
+        def settled_chain() -> list[str] | None:
+            """The chain every node agrees on, once all three are in it. Which member heads
+            it depends on start-up timing (a loaded machine can elect any of them)."""
+            chains = [n.membership.chain(trio.current_time()) for n in nodes]
+            if all(n.membership.ready for n in nodes) and len(chains[0]) == 3 \
+                    and all(chain == chains[0] for chain in chains):
+                return chains[0]
+            return None
+
+        await wait_until(lambda: settled_chain() is not None)
+        chain = settled_chain()
+        assert chain is not None
+        head, tail = chain[0], chain[-1]
         async with _broker(_config(tmp_path, "broker-a", members)) as a:
             async with Admin(brokers=[a]) as admin:
                 await admin.create_topic("orders", queue_count=3)
