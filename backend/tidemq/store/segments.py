@@ -21,11 +21,12 @@ from typing import Final, final
 
 from tidemq.errors import StoreError
 from tidemq.store.files import store_error
+from tidemq.store.idle_priority import run_at_idle_priority
 from tidemq.store.mapped_file import MappedFile
 
 _NAME: Final = re.compile(r"^\d{20}$")
 _PREPARING: Final = ".preparing"
-POPULATE_CHUNK_BYTES: Final = 64 * 1024 * 1024
+POPULATE_CHUNK_BYTES: Final = 16 * 1024 * 1024
 """A close or a writer adopting the segment waits at most for one chunk's populate."""
 
 
@@ -137,10 +138,11 @@ class SegmentQueue:
         a thread).
 
         The file is made under the preparation lock; its pages are populated afterwards,
-        ``POPULATE_CHUNK_BYTES`` at a time, outside it. So a writer that reaches the end of
-        the active segment meanwhile adopts the prepared segment at once (waiting at most
-        for the file to be made), and the rest of the populate goes on under it, harmless:
-        populating only prefaults pages, it never changes their bytes.
+        ``POPULATE_CHUNK_BYTES`` at a time, outside it, by a thread of idle priority
+        (``idle_priority``: it takes only cores nothing else wants). So a writer that
+        reaches the end of the active segment meanwhile adopts the prepared segment at once
+        (waiting at most for the file to be made), and the rest of the populate goes on
+        under it, harmless: populating only prefaults pages, it never changes their bytes.
 
         Raises:
             DiskFull: no room; the next ``create`` will try again.
@@ -179,6 +181,9 @@ class SegmentQueue:
                     raise store_error(error, "publishing", path) from None
                 made.path = path
                 segment = self._prepared = made
+        run_at_idle_priority(lambda: self._populate(segment), name="tidemq-populate")
+
+    def _populate(self, segment: MappedFile) -> None:
         for begin in range(0, self.segment_size, POPULATE_CHUNK_BYTES):
             if not segment.populate(begin, min(POPULATE_CHUNK_BYTES,
                                                self.segment_size - begin)):

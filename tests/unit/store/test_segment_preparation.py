@@ -4,12 +4,14 @@ published by a rename and adopted by the roll; leftovers of a crash are removed.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tidemq.store import segments
+from tidemq.store.idle_priority import run_at_idle_priority
 from tidemq.store.mapped_file import MappedFile
 from tidemq.store.segments import SegmentQueue, segment_name
 
@@ -79,3 +81,33 @@ def test_a_preparation_after_close_makes_nothing(tmp_path: Path) -> None:
     queue.prepare_next()  # a worker thread that lost the race with shutdown
     assert not (tmp_path / "queue").exists()
     assert not queue.next_prepared
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_prepared_segment_is_populated_at_idle_priority_not_by_the_caller(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, int]] = []  # (policy of the populating thread, its id)
+    real = MappedFile.populate
+
+    def recording(self: MappedFile, begin: int, length: int) -> bool:
+        seen.append((os.sched_getscheduler(0), threading.get_ident()))
+        return real(self, begin, length)
+
+    monkeypatch.setattr(MappedFile, "populate", recording)
+    queue = SegmentQueue(str(tmp_path), SIZE)
+    queue.load()
+    queue.prepare_next()
+    assert seen
+    assert {policy for policy, _ in seen} == {os.SCHED_IDLE}
+    assert threading.get_ident() not in {ident for _, ident in seen}
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller keeps its policy
+    assert queue.next_prepared
+    queue.close()
+
+
+def test_idle_priority_work_raises_in_the_caller() -> None:
+    def failing() -> None:
+        raise OSError("populate failed")
+
+    with pytest.raises(OSError, match="populate failed"):
+        run_at_idle_priority(failing)
