@@ -168,3 +168,35 @@ async def test_consume_queue_segments_are_made_in_worker_threads_and_puts_keep_o
     queue_files = [(path, on_loop) for path, on_loop in created_on if "consumequeue" in path]
     assert len(queue_files) == 2
     assert not any(on_loop for _path, on_loop in queue_files)
+
+
+async def test_pages_are_populated_ahead_of_the_writer_off_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh store's first segment is populated before serving; the next segment's pages
+    only once it is made (at half full), by the preparer's thread, never on the loop."""
+    populated_on_loop: list[bool] = []
+    real = MappedFile.populate
+
+    def recording(self: MappedFile, begin: int, length: int) -> bool:
+        populated_on_loop.append(threading.current_thread() is threading.main_thread())
+        return real(self, begin, length)
+
+    monkeypatch.setattr(MappedFile, "populate", recording)
+    store = MessageStore(small_config(tmp_path, flush="async"))
+    service = StoreService(store)
+    segment_size = store.log.segment_size
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        segments = store.log.segments
+        assert segments.populated_until == segment_size  # the whole first one
+        assert populated_on_loop == [False]
+        body = b"p" * 1000
+        while store.log.write_offset < segment_size // 2 + 4096:
+            await service.put_packed("orders", 0, encode_draft("orders", body))
+        with trio.fail_after(10):
+            while segments.populated_until < 2 * segment_size:  # noqa: ASYNC110 (a thread)
+                await trio.sleep(0.01)
+        assert segments.next_prepared
+        assert populated_on_loop
+        assert not any(populated_on_loop)
+        nursery.cancel_scope.cancel()

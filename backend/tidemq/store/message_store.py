@@ -341,6 +341,19 @@ class MessageStore:
         except DiskFull:
             pass
 
+    def populate_wanted(self, ahead: int) -> bool:
+        """Whether less than half of the next ``ahead`` bytes of the log (those made so
+        far: the active segment and a prepared one) have their pages populated."""
+        segments = self.log.segments
+        return segments.populated_until < min(self.log.write_offset + ahead // 2,
+                                              segments.populatable_until)
+
+    def populate_ahead(self, ahead: int) -> None:
+        """Populate the pages of the next ``ahead`` bytes of the log, as far as segments
+        are made (blocking: a worker thread; see ``SegmentQueue.populate_ahead``)."""
+        begin = self.log.write_offset
+        self.log.segments.populate_ahead(begin, begin + ahead)
+
     def apply_retention(self) -> RetentionReport:
         """Delete expired segments (by age, or oldest first past the disk-usage ratio)."""
         self._check_open()

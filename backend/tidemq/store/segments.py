@@ -27,7 +27,8 @@ from tidemq.store.mapped_file import MappedFile
 _NAME: Final = re.compile(r"^\d{20}$")
 _PREPARING: Final = ".preparing"
 POPULATE_CHUNK_BYTES: Final = 16 * 1024 * 1024
-"""A close or a writer adopting the segment waits at most for one chunk's populate."""
+"""A close waits at most for one chunk's populate."""
+_PAGE: Final = 4096
 
 
 def segment_name(start: int) -> str:
@@ -47,6 +48,9 @@ class SegmentQueue:
         self.segments: list[MappedFile] = []
         self._starts: list[int] = []
         self._prepared: MappedFile | None = None
+        self._populated_until = 0
+        """``populate_ahead`` has populated the pages before this offset (or passed them:
+        the writer was already there)."""
         self._prepare_lock = threading.Lock()  # prepare_next runs in a worker thread
         self._closed = False
         self.gaps: list[tuple[int, int]] = []  # (expected start, found start) on load
@@ -134,15 +138,8 @@ class SegmentQueue:
             prepared.start == (self.segments[-1].end if self.segments else 0)
 
     def prepare_next(self) -> None:
-        """Preallocate, map and populate the segment after the last one (blocking: run in
-        a thread).
-
-        The file is made under the preparation lock; its pages are populated afterwards,
-        ``POPULATE_CHUNK_BYTES`` at a time, outside it, by a thread of idle priority
-        (``idle_priority``: it takes only cores nothing else wants). So a writer that
-        reaches the end of the active segment meanwhile adopts the prepared segment at once
-        (waiting at most for the file to be made), and the rest of the populate goes on
-        under it, harmless: populating only prefaults pages, it never changes their bytes.
+        """Preallocate and map the segment after the last one (blocking: run in a thread).
+        Its pages are populated later, as the writer comes near them (``populate_ahead``).
 
         Raises:
             DiskFull: no room; the next ``create`` will try again.
@@ -157,8 +154,8 @@ class SegmentQueue:
             if os.path.exists(path):
                 return
             if not self.zero_fill_prepared:
-                segment = self._prepared = MappedFile(path, start, self.segment_size,
-                                                      create=True, populate=False)
+                self._prepared = MappedFile(path, start, self.segment_size, create=True,
+                                            populate=False)
         if self.zero_fill_prepared:
             # Written under a temporary name, outside the lock (it takes seconds per GiB),
             # and published by a rename: a roll meanwhile creates the segment itself, and
@@ -180,14 +177,53 @@ class SegmentQueue:
                     made.destroy()
                     raise store_error(error, "publishing", path) from None
                 made.path = path
-                segment = self._prepared = made
-        run_at_idle_priority(lambda: self._populate(segment), name="tidemq-populate")
+                self._prepared = made
 
-    def _populate(self, segment: MappedFile) -> None:
-        for begin in range(0, self.segment_size, POPULATE_CHUNK_BYTES):
-            if not segment.populate(begin, min(POPULATE_CHUNK_BYTES,
-                                               self.segment_size - begin)):
-                return  # closed or destroyed meanwhile
+    @property
+    def populated_until(self) -> int:
+        return self._populated_until
+
+    @property
+    def populatable_until(self) -> int:
+        """The end of the segments there are to populate: the prepared one's if any."""
+        prepared = self._prepared
+        if prepared is not None:
+            return prepared.end
+        return self.segments[-1].end if self.segments else 0
+
+    def populate_ahead(self, begin: int, end: int) -> None:
+        """Fill the page tables of [begin, end) in the last segment and the prepared one,
+        skipping what an earlier call did (blocking: a worker thread).
+
+        The pages are populated ``POPULATE_CHUNK_BYTES`` at a time (each chunk under its
+        segment's lock, so a close waits for one chunk at most) by a thread of idle
+        priority (``idle_priority``): it takes only cores nothing else wants. A roll
+        meanwhile adopts the prepared segment as it is; populating only prefaults pages,
+        it never changes their bytes.
+
+        Populating follows the writer rather than a whole segment at once: a populate is
+        CPU work (on a cold VM up to ~2 s per GiB), done for bytes about to be written,
+        not for a gigabyte that may take hours to fill.
+        """
+        position = max(begin, self._populated_until)
+        position -= position % _PAGE
+        targets = [segment for segment in (*self.segments[-1:], self._prepared)
+                   if segment is not None]
+        if position >= end or not targets:
+            return
+
+        def populate() -> None:
+            nonlocal position
+            while position < end:
+                segment = next((s for s in targets if s.start <= position < s.end), None)
+                if segment is None:
+                    return  # past the segments made so far
+                chunk_end = min(end, segment.end, position + POPULATE_CHUNK_BYTES)
+                if not segment.populate(position - segment.start, chunk_end - position):
+                    return  # closed or destroyed meanwhile
+                position = self._populated_until = chunk_end
+
+        run_at_idle_priority(populate, name="tidemq-populate")
 
     def drop_front(self, count: int) -> list[MappedFile]:
         """Remove the first ``count`` segments from the queue and destroy them."""

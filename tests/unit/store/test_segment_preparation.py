@@ -84,24 +84,40 @@ def test_a_preparation_after_close_makes_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_a_prepared_segment_is_populated_at_idle_priority_not_by_the_caller(
+def test_pages_are_populated_ahead_of_the_writer_at_idle_priority(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[int, int]] = []  # (policy of the populating thread, its id)
+    calls: list[tuple[int, int, int]] = []  # (segment start, begin, length)
+    threads: set[tuple[int, int]] = set()  # (scheduling policy, thread id)
     real = MappedFile.populate
 
     def recording(self: MappedFile, begin: int, length: int) -> bool:
-        seen.append((os.sched_getscheduler(0), threading.get_ident()))
+        calls.append((self.start, begin, length))
+        threads.add((os.sched_getscheduler(0), threading.get_ident()))
         return real(self, begin, length)
 
     monkeypatch.setattr(MappedFile, "populate", recording)
     queue = SegmentQueue(str(tmp_path), SIZE)
     queue.load()
     queue.prepare_next()
-    assert seen
-    assert {policy for policy, _ in seen} == {os.SCHED_IDLE}
-    assert threading.get_ident() not in {ident for _, ident in seen}
+    assert calls == []  # making a segment populates nothing
+    assert queue.populatable_until == SIZE  # the prepared first segment
+    queue.populate_ahead(0, 256 * 1024)
+    assert calls == [(0, 0, 256 * 1024)]
+    assert {policy for policy, _ in threads} == {os.SCHED_IDLE}
+    assert threading.get_ident() not in {ident for _, ident in threads}
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller keeps its policy
-    assert queue.next_prepared
+    queue.populate_ahead(0, 256 * 1024)  # done already
+    assert len(calls) == 1
+    queue.populate_ahead(600 * 1024 + 100, 700 * 1024)  # the writer went past: from its page
+    assert calls[-1] == (0, 600 * 1024, 100 * 1024)
+    assert queue.populated_until == 700 * 1024
+
+    queue.create(0)
+    queue.prepare_next()  # the second segment: the populate goes on into it
+    assert queue.populatable_until == 2 * SIZE
+    queue.populate_ahead(SIZE - 4096, 3 * SIZE)  # stops where the made segments end
+    assert calls[-2:] == [(0, SIZE - 4096, 4096), (SIZE, 0, SIZE)]
+    assert queue.populated_until == 2 * SIZE
     queue.close()
 
 
