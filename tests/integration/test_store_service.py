@@ -14,7 +14,9 @@ from tidemq.config import StoreConfig
 from tidemq.errors import MessageIllegal, StoreClosed
 from tidemq.protocol.record import encode_draft, iter_records
 from tidemq.store import MessageStore
+from tidemq.store import message_store as message_store_module
 from tidemq.store import segments as segments_module
+from tidemq.store.checkpoint import Checkpoint
 from tidemq.store.mapped_file import MappedFile
 
 
@@ -52,6 +54,88 @@ async def test_sync_flush_acknowledges_after_fsync_with_group_commit(tmp_path: P
     # 320 acknowledged writes with the interval flusher parked at 10 s: only group commits
     # triggered by waiting writers flushed, and they shared fsyncs.
     assert 0 < service.flushes < 320
+
+
+async def test_a_sync_ack_comes_after_an_fdatasync_that_began_after_its_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records every fdatasync of a commit-log segment: how far the log was written when it
+    began, and that it finished. Each sync acknowledgement must find a finished one that
+    began after its batch was written; an ack published before (or without) that fsync
+    fails here, unlike a check of ``flushed_offset``, which the flusher itself sets."""
+    store = MessageStore(small_config(tmp_path, flush="sync", flush_interval_ms=10_000,
+                                      checkpoint_interval_ms=5))
+    finished_covering: list[int] = []  # write offsets read just before each fdatasync
+    real_sync = MappedFile.sync
+
+    def recording_sync(self: MappedFile) -> None:
+        written = store.log.write_offset
+        real_sync(self)
+        if "commitlog" in self.path:
+            finished_covering.append(written)
+
+    monkeypatch.setattr(MappedFile, "sync", recording_sync)
+    service = StoreService(store)
+    acknowledged = 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+
+        async def writer(writer_id: int) -> None:
+            nonlocal acknowledged
+            for sequence in range(25):
+                draft = encode_draft("orders", f"{writer_id}-{sequence}".encode())
+                if sequence % 2:
+                    result = await service.put_packed("orders", writer_id % 3, draft)
+                else:
+                    result = await service.put_batch("orders", writer_id % 3, [draft])
+                assert max(finished_covering, default=-1) >= result.end_offset
+                acknowledged += 1
+                if sequence % 5 == 0:
+                    await trio.sleep(0.002)  # the flusher goes idle now and then
+
+        async with trio.open_nursery() as writers:
+            for writer_id in range(8):
+                writers.start_soon(writer, writer_id)
+        nursery.cancel_scope.cancel()
+    assert acknowledged == 200
+    assert service.checkpoints > 0
+
+
+async def test_a_slow_checkpoint_does_not_hold_sync_acknowledgements(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint (consume queues, index, checkpoint file) runs beside the commit-log
+    flushes: while one hangs, sync writers are still acknowledged, each after its fsync."""
+    store = MessageStore(small_config(tmp_path, flush="sync", flush_interval_ms=10_000,
+                                      checkpoint_interval_ms=1))
+    checkpoint_started = threading.Event()
+    release = threading.Event()
+    real_write = message_store_module.write_checkpoint
+
+    def slow_write(path: str, checkpoint: Checkpoint) -> None:
+        if checkpoint.commit_log_flushed:  # not the one the store writes as it opens
+            checkpoint_started.set()
+            release.wait(10)
+        real_write(path, checkpoint)
+
+    monkeypatch.setattr(message_store_module, "write_checkpoint", slow_write)
+    service = StoreService(store)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            await service.put_batch("orders", 0, [encode_draft("orders", b"first")])
+            with trio.fail_after(5):
+                while not checkpoint_started.is_set():  # noqa: ASYNC110 (a thread sets it)
+                    await trio.sleep(0.001)
+            with trio.fail_after(5):  # the checkpoint is still hanging (10 s)
+                for index in range(20):
+                    result = await service.put_packed("orders", 0,
+                                                      encode_draft("orders", b"%d" % index))
+                    assert store.log.flushed_offset >= result.end_offset
+            assert service.checkpoints == 0
+            release.set()
+            nursery.cancel_scope.cancel()
+    finally:
+        release.set()
+    assert service.checkpoints <= 1
 
 
 async def test_async_flush_acknowledges_at_once_and_close_flushes(tmp_path: Path) -> None:
