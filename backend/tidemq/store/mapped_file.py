@@ -29,7 +29,7 @@ class MappedFile:
     """One segment: ``size`` bytes at ``path`` covering offsets [start, start + size)."""
 
     def __init__(self, path: str, start: int, size: int, *, create: bool,
-                 populate: bool | None = None, zero_filled: bool = False) -> None:
+                 zero_filled: bool = False) -> None:
         self.path = path
         self.start = start
         self.size = size
@@ -49,12 +49,9 @@ class MappedFile:
                 preallocate(self._fd, size, path)
             elif actual > size:
                 raise StoreError(f"{path}: {actual} bytes, larger than a segment ({size})")
+            # Never populated here: ``populate`` does it, in a worker thread, ahead of the
+            # writer (a new index file's pages fault in as its entries are written).
             self.map = mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED)
-            # Populating the page tables up front costs ~0.3 ms per MiB here, while faulting
-            # pages in one by one during appends costs ~2 ms per MiB: new segments are
-            # always populated (ahead of need, in a worker thread, when prepared).
-            if create if populate is None else populate:
-                populate_pages(self.map, size)
         except BaseException:
             os.close(self._fd)
             if create:

@@ -125,7 +125,7 @@ class SegmentQueue:
                 # Not prepared ahead (a fresh store, or a burst outran the preparer): no
                 # populate here, on the caller's thread; pages fault in as they are written.
                 segment = MappedFile(self._path(start), start, self.segment_size,
-                                     create=True, populate=False)
+                                     create=True)
             self.segments.append(segment)
             self._starts.append(start)
         return segment
@@ -154,8 +154,7 @@ class SegmentQueue:
             if os.path.exists(path):
                 return
             if not self.zero_fill_prepared:
-                self._prepared = MappedFile(path, start, self.segment_size, create=True,
-                                            populate=False)
+                self._prepared = MappedFile(path, start, self.segment_size, create=True)
         if self.zero_fill_prepared:
             # Written under a temporary name, outside the lock (it takes seconds per GiB),
             # and published by a rename: a roll meanwhile creates the segment itself, and
@@ -163,8 +162,7 @@ class SegmentQueue:
             # records.
             temporary = path + _PREPARING
             _unlink_if_present(temporary)
-            made = MappedFile(temporary, start, self.segment_size, create=True,
-                              populate=False, zero_filled=True)
+            made = MappedFile(temporary, start, self.segment_size, create=True, zero_filled=True)
             with self._prepare_lock:
                 current_end = self.segments[-1].end if self.segments else 0
                 if self._closed or current_end != start or os.path.exists(path) or \

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from tidemq.store import mapped_file
 from tidemq.store.index import KeyIndex, key_hash
 
 SLOTS = 16
@@ -129,3 +132,18 @@ def test_put_hashes_writes_exactly_what_put_writes(tmp_path: Path) -> None:
     assert together.lookup("orders#k3", 100) == one_by_one.lookup("orders#k3", 100)
     one_by_one.close()
     together.close()
+
+
+def test_a_new_index_file_is_not_populated_where_it_is_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index file starts on the send path (the event loop): populating its ~42 MB of
+    pages there stalled the loop for tens of milliseconds; they fault in as used."""
+    populated: list[int] = []
+    monkeypatch.setattr(mapped_file, "populate_pages",
+                        lambda mapped, size, begin=0: populated.append(size))
+    index = KeyIndex(str(tmp_path), SLOTS, 64)
+    index.load()
+    index.put("k", 0, 1_000)
+    assert len(index.files) == 1
+    assert populated == []
+    assert index.lookup("k", 10) == [0]
