@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Final, final
 
 import trio
@@ -73,8 +74,11 @@ class StoreService:
             # A fresh store: make its first segment before serving, the way later ones are
             # made (zero-filled and populated), so early traffic meets no first-write stalls.
             await trio.to_thread.run_sync(self.store.prepare_next_segment)
-            await trio.to_thread.run_sync(self.store.populate_ahead,
-                                          self.store.log.segment_size)
+            # Before serving: at normal priority (busy cores elsewhere must not hold the
+            # start for seconds).
+            await trio.to_thread.run_sync(partial(self.store.populate_ahead,
+                                                  self.store.log.segment_size,
+                                                  at_idle_priority=False))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._flush_loop)
@@ -286,7 +290,10 @@ class StoreService:
                 if not self.store.log.segments.next_prepared:
                     await trio.sleep(1.0)  # no room (disk full): try again later, not per put
             if self._populate_wanted():
-                await trio.to_thread.run_sync(self.store.populate_ahead, POPULATE_AHEAD_BYTES)
+                # Abandoned when cancelled: at idle priority on busy cores it could hold a
+                # shutdown up; the store's close stops it after its current chunk.
+                await trio.to_thread.run_sync(self.store.populate_ahead, POPULATE_AHEAD_BYTES,
+                                              abandon_on_cancel=True)
             while self._queues_to_prepare:
                 topic, queue_id = next(iter(self._queues_to_prepare))
                 try:

@@ -348,11 +348,12 @@ class MessageStore:
         return segments.populated_until < min(self.log.write_offset + ahead // 2,
                                               segments.populatable_until)
 
-    def populate_ahead(self, ahead: int) -> None:
+    def populate_ahead(self, ahead: int, *, at_idle_priority: bool = True) -> None:
         """Populate the pages of the next ``ahead`` bytes of the log, as far as segments
         are made (blocking: a worker thread; see ``SegmentQueue.populate_ahead``)."""
         begin = self.log.write_offset
-        self.log.segments.populate_ahead(begin, begin + ahead)
+        self.log.segments.populate_ahead(begin, begin + ahead,
+                                         at_idle_priority=at_idle_priority)
 
     def apply_retention(self) -> RetentionReport:
         """Delete expired segments (by age, or oldest first past the disk-usage ratio)."""

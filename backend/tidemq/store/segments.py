@@ -26,8 +26,9 @@ from tidemq.store.mapped_file import MappedFile
 
 _NAME: Final = re.compile(r"^\d{20}$")
 _PREPARING: Final = ".preparing"
-POPULATE_CHUNK_BYTES: Final = 16 * 1024 * 1024
-"""A close waits at most for one chunk's populate."""
+POPULATE_CHUNK_BYTES: Final = 4 * 1024 * 1024
+"""A close waits at most for one chunk's populate (at idle priority on busy cores, that
+chunk can take a while: keep it small)."""
 _PAGE: Final = 4096
 
 
@@ -189,13 +190,14 @@ class SegmentQueue:
             return prepared.end
         return self.segments[-1].end if self.segments else 0
 
-    def populate_ahead(self, begin: int, end: int) -> None:
+    def populate_ahead(self, begin: int, end: int, *, at_idle_priority: bool = True) -> None:
         """Fill the page tables of [begin, end) in the last segment and the prepared one,
         skipping what an earlier call did (blocking: a worker thread).
 
         The pages are populated ``POPULATE_CHUNK_BYTES`` at a time (each chunk under its
         segment's lock, so a close waits for one chunk at most) by a thread of idle
-        priority (``idle_priority``): it takes only cores nothing else wants. A roll
+        priority (``idle_priority``): it takes only cores nothing else wants (unless
+        ``at_idle_priority`` is False: before a store serves, say). A roll
         meanwhile adopts the prepared segment as it is; populating only prefaults pages,
         it never changes their bytes.
 
@@ -221,7 +223,10 @@ class SegmentQueue:
                     return  # closed or destroyed meanwhile
                 position = self._populated_until = chunk_end
 
-        run_at_idle_priority(populate, name="tidemq-populate")
+        if at_idle_priority:
+            run_at_idle_priority(populate, name="tidemq-populate")
+        else:
+            populate()
 
     def drop_front(self, count: int) -> list[MappedFile]:
         """Remove the first ``count`` segments from the queue and destroy them."""
