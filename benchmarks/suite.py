@@ -146,9 +146,19 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def latency_rounds(params: dict[str, Any]) -> str:
+    """How W3 was run, for the document (runs recorded before rounds had one of 20 s)."""
+    rounds = params.get("latency_rounds", 1)
+    seconds = f"{params['latency_seconds']:.0f} s"
+    if rounds == 1:
+        return f"one run of {seconds}"
+    return f"{rounds} rounds of {seconds}, each percentile the median round's"
+
+
 def client_timeout(params: Params, workloads: list[str]) -> float:
     """Generous but bounded: every loop of the client stops by itself well before."""
-    return 60 + len(workloads) * (3 * params.max_seconds + 20) + params.latency_seconds
+    return 60 + len(workloads) * (3 * params.max_seconds + 20) + \
+        params.latency_rounds * (params.latency_seconds + 15)
 
 
 def syncs_in_windows(trace_file: str, windows: dict[str, tuple[float, float, int]],
@@ -409,8 +419,8 @@ def render_section(document: dict[str, Any], results: Results, syncs: dict[str, 
         f"Parameters: {params['body_bytes']}-byte bodies (W5 {params['small_body_bytes']}), "
         f"{params['in_flight']:,} in flight, each throughput loop stops at "
         f"{params['messages']:,} messages (W5 {params['small_messages']:,}) or "
-        f"{params['max_seconds']:.0f} s; W3 at {params['latency_rate']:,} msg/s for "
-        f"{params['latency_seconds']:.0f} s; W6 {params['topics']} topics x "
+        f"{params['max_seconds']:.0f} s; W3 at {params['latency_rate']:,} msg/s, "
+        f"{latency_rounds(params)}; W6 {params['topics']} topics x "
         f"{params['queues_per_topic']} queues (peers: one stream/queue per topic), "
         f"{params['producers']} producers; TideMQ batch rows `send_batch` of "
         f"{params['batch']}. W4 disk: {disk['tool']} sequential write "

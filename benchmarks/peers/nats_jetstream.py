@@ -140,7 +140,8 @@ async def consume_workload(variant: str, address: str, params: Params, *, stream
         await connection.close()
 
 
-async def latency_workload(variant: str, address: str, params: Params) -> dict[str, Any]:
+async def latency_workload(variant: str, address: str, params: Params,
+                           name: str) -> dict[str, Any]:
     padding = bytes(params.body_bytes - _STAMP.size)
     total = int(params.latency_rate * params.latency_seconds)
     samples: list[float] = []
@@ -149,7 +150,7 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
     try:
         producer = producer_connection.jetstream()
         consumer = consumer_connection.jetstream()
-        await _stream(producer, "W3")
+        await _stream(producer, name.upper())
         finished = asyncio.Event()
 
         async def on_message(message: Any) -> None:
@@ -161,12 +162,12 @@ async def latency_workload(variant: str, address: str, params: Params) -> dict[s
             if len(samples) >= total:
                 finished.set()
 
-        await consumer.subscribe("w3", cb=on_message, manual_ack=True, durable="w3",
+        await consumer.subscribe(name, cb=on_message, manual_ack=True, durable=name,
                                  pending_msgs_limit=100_000)
-        await producer.publish("w3", _STAMP.pack(0.0) + padding)
+        await producer.publish(name, _STAMP.pack(0.0) + padding)
         await asyncio.sleep(1)
         start = await publish_at_rate(total, params.latency_rate, padding,
-                                      lambda body: producer.publish("w3", body))
+                                      lambda body: producer.publish(name, body))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(finished.wait(), timeout=10)
         seconds = time.perf_counter() - start
@@ -181,7 +182,7 @@ async def run(variant: str, address: str, workloads: list[str], params: Params,
               emit: Any) -> None:
     await run_workloads(
         workloads, params, emit,
-        latency=lambda: latency_workload(variant, address, params),
+        latency=lambda name: latency_workload(variant, address, params, name),
         produce=lambda workload, name, **kw: produce_workload(
             variant, address, workload, params, stream=name.upper(), **kw),
         consume=lambda name, **kw: consume_workload(variant, address, params,

@@ -180,10 +180,11 @@ async def consume_workload(variant: str, address: str, params: Params, *, queue:
         await connection.close()
 
 
-async def latency_workload(variant: str, address: str, params: Params) -> dict[str, Any]:
+async def latency_workload(variant: str, address: str, params: Params,
+                           name: str) -> dict[str, Any]:
     import aio_pika
 
-    queue = f"w3-{_queue_type(variant)}"
+    queue = f"{name}-{_queue_type(variant)}"
     padding = bytes(params.body_bytes - _STAMP.size)
     total = int(params.latency_rate * params.latency_seconds)
     samples: list[float] = []
@@ -230,7 +231,7 @@ async def run(variant: str, address: str, workloads: list[str], params: Params,
     kind = _queue_type(variant)
     await run_workloads(
         workloads, params, emit,
-        latency=lambda: latency_workload(variant, address, params),
+        latency=lambda name: latency_workload(variant, address, params, name),
         produce=lambda workload, name, **kw: produce_workload(
             variant, address, workload, params, queue=f"{name}-{kind}", **kw),
         consume=lambda name, **kw: consume_workload(variant, address, params,

@@ -143,8 +143,9 @@ async def consume_workload(variant: str, address: str, params: Params, *, key: s
         await client.aclose()
 
 
-async def latency_workload(variant: str, address: str, params: Params) -> dict[str, Any]:
-    key = "w3"
+async def latency_workload(variant: str, address: str, params: Params,
+                           name: str) -> dict[str, Any]:
+    key = name
     padding = bytes(params.body_bytes - _STAMP.size)
     total = int(params.latency_rate * params.latency_seconds)
     producer, reader = _client(address), _client(address)
@@ -183,7 +184,7 @@ async def run(variant: str, address: str, workloads: list[str], params: Params,
               emit: Any) -> None:
     await run_workloads(
         workloads, params, emit,
-        latency=lambda: latency_workload(variant, address, params),
+        latency=lambda name: latency_workload(variant, address, params, name),
         produce=lambda workload, name, **kw: produce_workload(
             variant, address, workload, params, key=name, **kw),
         consume=lambda name, **kw: consume_workload(variant, address, params, key=name, **kw))

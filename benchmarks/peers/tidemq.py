@@ -151,8 +151,9 @@ async def consume_workload(variant: str, address: str, params: Params, *, topic:
     return result(variant, "W2", received, seconds, params.body_bytes, **usage)
 
 
-async def latency_workload(variant: str, address: str, params: Params) -> dict[str, Any]:
-    measured = await harness_latency(address, f"w3-{os.getpid()}", params.latency_rate,
+async def latency_workload(variant: str, address: str, params: Params,
+                           name: str) -> dict[str, Any]:
+    measured = await harness_latency(address, f"{name}-{os.getpid()}", params.latency_rate,
                                      params.latency_seconds)
     extra = measured.extra
     return result(variant, "W3", measured.messages, measured.seconds, params.body_bytes,
@@ -164,7 +165,7 @@ async def run(variant: str, address: str, workloads: list[str], params: Params,
               emit: Any) -> None:
     await run_workloads(
         workloads, params, emit, batches=True,
-        latency=lambda: latency_workload(variant, address, params),
+        latency=lambda name: latency_workload(variant, address, params, name),
         produce=lambda workload, name, **kw: produce_workload(
             variant, address, workload, params, topic=name, **kw),
         consume=lambda name, **kw: consume_workload(variant, address, params, topic=name, **kw))
