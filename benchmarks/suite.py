@@ -15,7 +15,8 @@ process (``suite.py client ...``), so client and server have a core each. Before
 measured run, each server runs a short W1 under ``strace -f --seccomp-bpf`` to count its
 sync calls (fsync, fdatasync, msync, sync_file_range) per 1,000 acknowledged messages
 (``--quick``: during the measured W1 itself, and not for RabbitMQ, whose boot under strace
-takes ~23 s). W3 runs first on each fresh server; the other workloads follow. The suite
+takes ~23 s). W3 runs first on each fresh server, in rounds (``Params.latency_rounds``;
+each percentile is the median round's); the other workloads follow. The suite
 also records the CPU time of the server's process tree and of the client process during
 each throughput workload (which side is the limit).
 
