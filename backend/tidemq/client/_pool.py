@@ -19,6 +19,10 @@ Liveness: a failed connect, or a connection that closes under a request, marks t
 producer uses ``is_down`` to route around them. The next request to a retired connection's
 address dials again.
 
+Requests are awaited (``call``), or answered through a callback (``call_nowait``: sent at
+once from the calling task when the connection is open and has room, the answer handed over
+by the connection's reader task, with no task waiting and no task switch on the way).
+
 Errors: every failure to reach a broker surfaces as ``ConnectionClosed`` (a connect refused
 or unreachable, wrapped, with the ``OSError`` as ``__cause__``) or ``RequestTimeout``, both
 ``TideError`` subclasses with the retryable code SERVICE_UNAVAILABLE, so callers catch one
@@ -28,7 +32,7 @@ family. An error response raises its typed ``TideError`` (``TopicNotFound``, ...
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast, final
 
@@ -36,12 +40,17 @@ import anyio
 import anyio.abc
 
 from tidemq.client._lifecycle import OwnedTaskGroup
-from tidemq.errors import InvalidArgument
+from tidemq.errors import InvalidArgument, TideError
 from tidemq.net import ClientConnection, ConnectionClosed, RequestTimeout, connect
-from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.codes import RequestCode, ResponseCode
 from tidemq.protocol.events import Body, Fields, Response
+from tidemq.protocol.exceptions import exception_from_response
 
 logger = logging.getLogger("tidemq.client.pool")
+
+CallOutcome = Callable[[Response | None, TideError | None], None]
+"""``call_nowait``'s callback: the SUCCESS response and None, or None and the error (the
+broker's error answer, typed; ``ConnectionClosed``; ``RequestTimeout``)."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -165,6 +174,37 @@ class BrokerPool:
             self.mark_down(address)
             raise
 
+    def call_nowait(self, address: str, code: RequestCode, fields: Fields, body: Body,
+                    on_outcome: CallOutcome, *, timeout_ms: int | None = None
+                    ) -> tuple[ClientConnection, int] | None:
+        """``call`` without a waiting task, when the request can go at once: sent from the
+        calling task, its outcome handed to ``on_outcome`` (once, on the connection's
+        reader or timer task; it must not block) with the errors ``call`` raises. Returns
+        the connection and the request's opaque (``forget`` withdraws it), or None, and
+        nothing sent, when the request would have to wait (no open connection yet, no
+        room on it): the caller then uses ``call``.
+
+        Raises LocalProtocolError if the request cannot be encoded.
+        """
+        entry = self._entries.get(address)
+        if entry is None:
+            return None
+        connection = entry.connection
+
+        def outcome(response: Response | None, error: TideError | None) -> None:
+            if response is not None:
+                if response.code == ResponseCode.SUCCESS:
+                    on_outcome(response, None)
+                    return
+                error = exception_from_response(response)
+            elif isinstance(error, ConnectionClosed):
+                self._retire(address, connection)
+                self.mark_down(address)
+            on_outcome(None, error)
+
+        opaque = connection.request_nowait(code, fields, body, outcome, timeout_ms=timeout_ms)
+        return None if opaque is None else (connection, opaque)
+
     async def send_oneway(self, address: str, code: RequestCode, fields: Fields,
                           body: Body = b"") -> None:
         """Queue a oneway request to ``address`` (no answer). Raises as ``call`` does."""
@@ -179,7 +219,7 @@ class BrokerPool:
     async def connection(self, address: str) -> ClientConnection:
         """The open connection to ``address``, dialling it if needed."""
         entry = self._entries.get(address)
-        if entry is not None and not entry.connection.statistics().closed:
+        if entry is not None and not entry.connection.closed:
             return entry.connection
         lock = self._dial_locks.setdefault(address, anyio.Lock())
         async with lock:

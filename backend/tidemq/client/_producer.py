@@ -41,9 +41,10 @@ the drafts in one SEND_MESSAGE / SEND_BATCH request::
 
 * ``submit`` (``PendingSend``, ``_pending``): the same path without a waiting task per
   message. The message joins its lane like a ``send()`` (sticky queue, shared requests),
-  holds an in-flight slot until settled, and the batcher's drain calls back with the
-  answer; a failed first try continues in a task of its own with ``send()``'s retry loop
-  (``_deliver``). ``flush()`` waits until none is unsettled.
+  holds an in-flight slot until settled, and the batcher calls back with the answer
+  (usually from the connection's reader task, as it arrives); a failed first try continues
+  in a task of its own with ``send()``'s retry loop (``_deliver``). ``flush()`` waits until
+  none is unsettled.
 
 Resource handling: ``async with Producer(...)`` opens the producer's task group (it holds
 the broker connections) and closes it on exit, after one round trip to each broker that got
@@ -416,8 +417,9 @@ class Producer:
             await self._all_settled.wait()
 
     def _flight_answered(self, target: MessageQueue, entries: list[QueuedSend]) -> None:
-        """A request holding submitted sends was answered (called by the batcher's drain,
-        once per request): settle the stored ones in one go, retry the failed ones."""
+        """A request holding submitted sends was answered (called by the batcher, once per
+        request, on the connection's reader task or a lane's drain task): settle the stored
+        ones in one go, retry the failed ones."""
         stored, failed = complete_stored(entries)
         if stored:
             if target.queue_id == _NO_QUEUE:

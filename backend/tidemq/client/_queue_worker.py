@@ -5,11 +5,17 @@ Concurrent mode (the default)::
     loop: wait for room (undone < prefetch and span < span max)
           PULL_MESSAGE from tracker.next_offset, long-polling up to suspend_ms,
                        carrying commit_offset when it moved since the last commit
+          [on the connection's reader task, as the answer arrives (BrokerPool.call_nowait):]
           keep records whose tag the subscription really matches (the broker filters by
                        tag hash, which can collide), record them in the tracker,
-                       put them in the inbox
-          if receivers were waiting for messages, yield twice, so the ones just woken
+                       put them in the inbox, wake the worker
+          if receivers were waiting for messages, yield once, so the ones just woken
                        run before the next pull goes out
+
+Delivering from the reader task spares each pull answer a task switch before the receivers
+see it (the worker's own wake-up comes after theirs). When the pull cannot go at once (no
+connection yet, none of its room), the worker awaits it and delivers itself, as orderly
+mode always does.
 
 Orderly mode pulls the same way, then hands the queue's messages to the inbox one at a
 time: the next goes only once the previous is settled. A nack waits ``retry_delay_ms`` and
@@ -53,7 +59,7 @@ from tidemq.client._routes import MessageQueue
 from tidemq.client._tracker import QueueTracker
 from tidemq.errors import ProtocolError, TideError, TopicNotFound
 from tidemq.protocol.codes import RequestCode
-from tidemq.protocol.events import FieldValue
+from tidemq.protocol.events import FieldValue, Response
 from tidemq.protocol.record import (
     KEY_SEPARATOR,
     PROPERTY_KEYS,
@@ -195,6 +201,13 @@ class QueueWorker:
         while True:
             await self._wait_for_room()
             room = settings.prefetch_per_queue - self.tracker.undone_count
+            answer = await self._pull_delivering(min(settings.pull_batch_size, room))
+            if answer is not None:  # the reader task delivered
+                if answer.woke_receivers:
+                    # The receivers it woke were woken with us: let them take the messages
+                    # before the next pull is built and sent (see below).
+                    await checkpoint()
+                continue
             messages = await self._pull(min(settings.pull_batch_size, room))
             if messages:
                 receivers_waiting = inbox.waiting
@@ -208,6 +221,64 @@ class QueueWorker:
                     # the pull goes at once, keeping the prefetch pipeline full.
                     await checkpoint()
                     await checkpoint()
+
+    async def _pull_delivering(self, max_count: int) -> _PullAnswer | None:
+        """One long poll whose answer the connection's reader task turns into messages and
+        delivers (``_answered``). None, and nothing sent, when the pull cannot go at once:
+        the caller pulls with ``_pull`` then. Failures back off (TopicNotFound raises)."""
+        offset = self.tracker.next_offset
+        fields = self._pull_fields(offset, max_count)
+        answer = _PullAnswer()
+        sent = self.core.pool.call_nowait(
+            self.queue.broker, RequestCode.PULL_MESSAGE, fields, b"",
+            lambda response, error: self._answered(answer, fields, offset, response, error),
+            timeout_ms=self.core.settings.pull_timeout_ms)
+        if sent is None:
+            return None
+        try:
+            await answer.done.wait()
+        except BaseException:
+            connection, opaque = sent
+            connection.forget(opaque)  # stopped: a late answer is not delivered
+            raise
+        error = answer.error
+        if error is not None:
+            if isinstance(error, TopicNotFound):
+                raise error
+            logger.warning("pull_failed", extra={"queue": str(self.queue), "error": str(error)})
+            await anyio.sleep(self.core.settings.pull_backoff_ms / 1000)
+        return answer
+
+    def _answered(self, answer: _PullAnswer, fields: dict[str, FieldValue], offset: int,
+                  response: Response | None, error: TideError | None) -> None:
+        """A pull's outcome, on the connection's reader (or timer) task: deliver what it
+        brought, then wake the worker."""
+        try:
+            if response is not None and self.state is WorkerState.ACTIVE:
+                try:
+                    messages = self._accept(fields, offset, response)
+                except (TideError, ProtocolError) as malformed:
+                    error = malformed
+                else:
+                    if messages:
+                        inbox = self.core.inbox
+                        answer.woke_receivers = inbox.waiting > 0
+                        self.core.deliver_many(messages)
+            answer.error = error
+        finally:
+            answer.done.set()
+
+    def _pull_fields(self, offset: int, max_count: int) -> dict[str, FieldValue]:
+        settings = self.core.settings
+        fields: dict[str, FieldValue] = {
+            "group": settings.group, "topic": self.queue.topic, "queue_id": self.queue.queue_id,
+            "offset": offset, "max_count": max(1, max_count), "max_bytes": PULL_BYTES_MAX,
+            "expression": self._expression(), "suspend_ms": settings.suspend_ms,
+        }
+        commit_offset = self.tracker.commit_offset
+        if settings.clustering and commit_offset != self.committed_offset:
+            fields["commit_offset"] = commit_offset
+        return fields
 
     async def _run_orderly(self) -> None:
         while True:
@@ -240,29 +311,31 @@ class QueueWorker:
             await self._wait_progress()
 
     async def _pull(self, max_count: int) -> list[Message]:
-        """One long poll; the messages to deliver (may be none). Failures back off."""
+        """One long poll, awaited; the messages to deliver (may be none). Failures back
+        off."""
         settings = self.core.settings
         offset = self.tracker.next_offset
-        fields: dict[str, FieldValue] = {
-            "group": settings.group, "topic": self.queue.topic, "queue_id": self.queue.queue_id,
-            "offset": offset, "max_count": max(1, max_count), "max_bytes": PULL_BYTES_MAX,
-            "expression": self._expression(), "suspend_ms": settings.suspend_ms,
-        }
-        commit_offset = self.tracker.commit_offset
-        if settings.clustering and commit_offset != self.committed_offset:
-            fields["commit_offset"] = commit_offset
+        fields = self._pull_fields(offset, max_count)
         try:
             response = await self.core.pool.call(self.queue.broker, RequestCode.PULL_MESSAGE,
                                                  fields, timeout_ms=settings.pull_timeout_ms)
-            pulled = response.body
-            messages = self.make_messages(iter_record_parts(pulled))
+            return self._accept(fields, offset, response)
         except TopicNotFound:
             raise
         except (TideError, ProtocolError) as error:
             logger.warning("pull_failed", extra={"queue": str(self.queue), "error": str(error)})
             await anyio.sleep(settings.pull_backoff_ms / 1000)
             return []
-        if "commit_offset" in fields:
+
+    def _accept(self, fields: dict[str, FieldValue], offset: int, response: Response
+                ) -> list[Message]:
+        """The messages of a pull's SUCCESS answer (asked with ``fields`` from ``offset``),
+        recorded in the tracker. Raises ProtocolError / TideError if the records are
+        malformed."""
+        pulled = response.body
+        messages = self.make_messages(iter_record_parts(pulled))
+        commit_offset = fields.get("commit_offset")
+        if isinstance(commit_offset, int):
             self.committed_offset = max(self.committed_offset, commit_offset)
         next_offset = response.fields.get("next_offset")
         if not isinstance(next_offset, int) or next_offset < 0:
@@ -279,6 +352,18 @@ class QueueWorker:
     def _expression(self) -> str:
         subscription = self.core.settings.subscriptions.get(self.queue.topic)
         return "*" if subscription is None else subscription.expression
+
+
+@final
+class _PullAnswer:
+    """What the reader task tells a worker of its pull (``QueueWorker._answered``)."""
+
+    __slots__ = ("done", "error", "woke_receivers")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: TideError | None = None
+        self.woke_receivers = False
 
 
 def _count_records(data: bytes | bytearray | memoryview) -> int:

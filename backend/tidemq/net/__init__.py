@@ -17,6 +17,7 @@ from tidemq.net._options import ConnectionOptions as ConnectionOptions
 from tidemq.net._options import ConnectionStatistics as ConnectionStatistics
 from tidemq.net._peers import PeerConnections as PeerConnections
 from tidemq.net._peers import split_address as split_address
+from tidemq.net._pending import ResponseCallback as ResponseCallback
 from tidemq.net._server import DEFAULT_HELLO_TIMEOUT_MS as DEFAULT_HELLO_TIMEOUT_MS
 from tidemq.net._server import Handler as Handler
 from tidemq.net._server import ServerConnectionContext as ServerConnectionContext

@@ -27,6 +27,7 @@ import anyio.abc
 
 from tidemq.net._errors import ConnectionClosed, RequestTimeout
 from tidemq.net._options import ConnectionOptions, ConnectionStatistics
+from tidemq.net._pending import ResponseCallback
 from tidemq.net._session import Session
 from tidemq.protocol.codes import PROTOCOL_VERSION, RequestCode
 from tidemq.protocol.connection import Connection, Role
@@ -139,6 +140,12 @@ class ClientConnection:
     def statistics(self) -> ConnectionStatistics:
         return self._session.statistics()
 
+    @property
+    def closed(self) -> bool:
+        """Whether the conversation is over (``statistics().closed``, without building
+        the statistics)."""
+        return self._session.closed
+
     async def __aenter__(self) -> Self:
         if self._exit_stack is not None:
             raise RuntimeError("a ClientConnection can be entered once")
@@ -195,6 +202,36 @@ class ClientConnection:
     ) -> Response:
         """Like ``request``, but an error response raises its typed ``TideError``."""
         return raise_for_response(await self.request(code, fields, body, timeout_ms=timeout_ms))
+
+    def request_nowait(
+        self,
+        code: RequestCode,
+        fields: Fields,
+        body: Body,
+        callback: ResponseCallback,
+        *,
+        timeout_ms: int | None = None,
+    ) -> int | None:
+        """Send a request now, without waiting: ``callback(response, None)`` gets its
+        response, success or error alike, or ``callback(None, error)`` the
+        ``RequestTimeout`` / ``ConnectionClosed`` that failed it; it is called on the
+        connection's reader (or timer) task, so it must not block. Returns the request's
+        opaque (for ``forget``), or None, with nothing sent, when the request cannot go
+        at once (no free slot or room to send, the connection closed): use ``request``.
+
+        Raises:
+            LocalProtocolError: the request cannot be encoded (bad fields, too large).
+        """
+        self._check_entered()
+        return self._session.request_nowait(
+            code, fields, body, callback=callback,
+            timeout_ms=self._request_timeout_ms if timeout_ms is None else timeout_ms,
+        )
+
+    def forget(self, opaque: int) -> bool:
+        """Withdraw a ``request_nowait`` still waiting for its response: its callback is
+        never called. False if it was completed already."""
+        return self._session.forget(opaque)
 
     async def send_oneway(
         self,

@@ -51,7 +51,7 @@ import anyio.abc
 from tidemq.errors import ErrorCode, TideError
 from tidemq.net._errors import ConnectionClosed, RequestTimeout
 from tidemq.net._options import ConnectionOptions, ConnectionStatistics
-from tidemq.net._pending import PendingRequests, fresh_copy
+from tidemq.net._pending import PendingRequests, ResponseCallback, fresh_copy
 from tidemq.net._writer import FrameWriter
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.connection import Connection, Role
@@ -205,6 +205,36 @@ class Session:
             return await waiter.wait()
         finally:
             self._pending.finish(opaque)
+
+    def request_nowait(self, code: RequestCode, fields: Fields, body: Body, *, timeout_ms: int,
+                       callback: ResponseCallback) -> int | None:
+        """Send a request now, from the calling task, without waiting for anything: its
+        response (or ``RequestTimeout`` / ``ConnectionClosed``) goes to ``callback``, called
+        by the task that completes it (the reader, usually). Returns the request's opaque
+        (for ``forget``), or None, and nothing sent, when it cannot go at once (no free
+        slot, the send queue full, the connection closed or closing): the caller then
+        uses ``request``.
+
+        Raises:
+            LocalProtocolError: the request cannot be encoded (nothing was sent).
+        """
+        if self._close_reason is not None or self._writer.closed or \
+                not self._has_room_to_request():
+            return None
+        opaque = self._connection.next_opaque()
+        try:
+            frame = self._connection.send_request(Request(code, opaque, fields, body))
+        except ConnectionBroken:
+            return None
+        self._pending.add_callback(opaque, code, anyio.current_time() + timeout_ms / 1000,
+                                   timeout_ms, callback)
+        self._writer.write_nowait(frame)
+        return opaque
+
+    def forget(self, opaque: int) -> bool:
+        """Withdraw a ``request_nowait`` still waiting: its callback is never called (a late
+        response is dropped). False if it was answered (or failed) already."""
+        return self._pending.forget(opaque)
 
     async def send_oneway(
         self, code: RequestCode, fields: Fields, body: Body, *, timeout_ms: int

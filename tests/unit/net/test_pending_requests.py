@@ -8,7 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from tidemq.net import ConnectionClosed, RequestTimeout
+from tidemq.errors import TideError
+from tidemq.net import ConnectionClosed, RequestTimeout, ResponseCallback
 from tidemq.net._pending import PendingRequests, Waiter
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Response
@@ -105,3 +106,68 @@ async def test_fail_all_fails_every_waiter_with_its_own_copy() -> None:
     assert all(isinstance(error, ConnectionClosed) for error in errors)
     assert len({id(error) for error in errors}) == 3  # no shared traceback object
     assert all(str(error) == "peer closed the connection" for error in errors)
+
+
+async def test_callback_waiters_hand_over_their_outcome_and_free_their_slot_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No task waits on a callback waiter: whoever completes it (the reader, the expiry
+    task, fail_all) frees its slot and calls it once; ``forget`` withdraws one."""
+    pending = PendingRequests(max_outstanding=2)
+    now = trio.current_time()
+    outcomes: dict[int, list[object]] = {1: [], 2: [], 3: [], 4: [], 5: []}
+    slot_free_in_callback: list[bool] = []
+
+    def callback(opaque: int) -> ResponseCallback:
+        def on_outcome(response: Response | None, error: TideError | None) -> None:
+            slot_free_in_callback.append(pending.has_free_slot())
+            outcomes[opaque].append(response if error is None else error)
+        return on_outcome
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pending.expire_forever)
+        pending.add_callback(1, RequestCode.PULL_MESSAGE, now + 30, 30_000, callback(1))
+        pending.add_callback(2, RequestCode.HEARTBEAT, now + 2, 2_000, callback(2))
+        assert not pending.has_free_slot()
+        assert pending.complete(Response(0, 1))
+        assert outcomes[1] == [Response(0, 1)]
+        await trio.sleep(3)
+        assert isinstance(outcomes[2][0], RequestTimeout)
+        assert len(pending) == 0
+        assert pending.has_free_slot()
+        pending.add_callback(3, RequestCode.HEARTBEAT, now + 60, 1_000, callback(3))
+        assert pending.forget(3)
+        assert not pending.forget(3)
+        assert not pending.complete(Response(0, 3))  # a late answer finds no waiter
+        pending.add_callback(4, RequestCode.HEARTBEAT, now + 60, 1_000, callback(4))
+        pending.add_callback(5, RequestCode.HEARTBEAT, now + 60, 1_000, callback(5))
+        pending.fail_all(ConnectionClosed("peer closed the connection"))
+        nursery.cancel_scope.cancel()
+    assert outcomes[3] == []
+    assert [type(outcomes[n][0]) for n in (4, 5)] == [ConnectionClosed, ConnectionClosed]
+    assert outcomes[4][0] is not outcomes[5][0]  # each its own copy
+    assert slot_free_in_callback == [True, True, True, True]
+    # both slots are free again: two more fit
+    pending.add_callback(6, RequestCode.HEARTBEAT, now + 60, 1_000, callback(1))
+    pending.add_callback(7, RequestCode.HEARTBEAT, now + 60, 1_000, callback(1))
+    assert not pending.has_free_slot()
+
+
+def test_a_failing_callback_is_logged_and_the_rest_are_still_called(
+        caplog: pytest.LogCaptureFixture) -> None:
+    pending = PendingRequests(max_outstanding=4)
+    called: list[int] = []
+
+    def broken(response: Response | None, error: TideError | None) -> None:
+        raise ValueError("bug in a callback")
+
+    def fine(response: Response | None, error: TideError | None) -> None:
+        called.append(1)
+
+    pending.add_callback(1, RequestCode.HEARTBEAT, 1e9, 1_000, broken)
+    pending.add_callback(2, RequestCode.HEARTBEAT, 1e9, 1_000, fine)
+    pending.fail_all(ConnectionClosed("closed"))
+    assert called == [1]
+    assert "response_callback_failed" in caplog.text
+    assert pending.has_free_slot()
+    assert len(pending) == 0
