@@ -13,7 +13,7 @@ from tidemq.broker.store_service import StoreService
 from tidemq.config import StoreConfig
 from tidemq.errors import MessageIllegal, StoreClosed
 from tidemq.protocol.record import encode_draft, iter_records
-from tidemq.store import FlushPlan, MessageStore
+from tidemq.store import MessageStore
 from tidemq.store import message_store as message_store_module
 from tidemq.store import segments as segments_module
 from tidemq.store.checkpoint import Checkpoint
@@ -98,38 +98,6 @@ async def test_a_sync_ack_comes_after_an_fdatasync_that_began_after_its_write(
         nursery.cancel_scope.cancel()
     assert acknowledged == 200
     assert service.checkpoints > 0
-
-
-async def test_a_sync_writer_starts_the_flush_from_its_own_task(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no flush under way, the writer's own task plans the flush right after its
-    append: no wake-up of the flusher task in between."""
-    store = MessageStore(small_config(tmp_path, flush="sync", flush_interval_ms=10_000,
-                                      checkpoint_interval_ms=60_000))
-    planned_in: list[str] = []
-    real_plan = MessageStore.plan_flush
-
-    def recording_plan(self: MessageStore, *, with_indexes: bool = True) -> FlushPlan:
-        try:
-            planned_in.append(trio.lowlevel.current_task().name)
-        except RuntimeError:  # a chain's completion callback, or the close in a thread
-            planned_in.append("no task")
-        return real_plan(self, with_indexes=with_indexes)
-
-    monkeypatch.setattr(MessageStore, "plan_flush", recording_plan)
-    service = StoreService(store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-
-        async def writer() -> None:
-            for index in range(5):
-                await service.put_packed("orders", 0, encode_draft("orders", b"%d" % index))
-                await trio.sleep(0.005)  # the chain goes idle between writes
-
-        nursery.start_soon(writer, name="the-writer")
-        await trio.sleep(0.2)
-        nursery.cancel_scope.cancel()
-    assert [name for name in planned_in if name != "no task"] == ["the-writer"] * 5
 
 
 async def test_a_slow_checkpoint_does_not_hold_sync_acknowledgements(

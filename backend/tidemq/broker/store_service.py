@@ -5,8 +5,7 @@
          v
     flusher task:   plan_flush (loop) -> FlushPlan.execute (worker thread) -> complete_flush,
                     then at once the next flush while writers wait (flush_chain.py);
-                    the commit log only. A sync writer starts the first flush itself
-                    when none is under way
+                    the commit log only
     checkpointer:   every checkpoint_interval_ms, in a thread of its own beside the
                     flusher: commit log + consume queues + index, then the checkpoint
     preparer task:  make (and, with flush = "sync", zero-fill) the next segment (worker
@@ -20,8 +19,7 @@
 
 Group commit: while one fsync runs in its thread, more writers append; the next flush
 covers all of them with one fsync, and starts as soon as the previous one is done (from its
-completion callback, not after the flusher task is scheduled again); a sync writer that
-finds no flush under way starts one itself, right after its append. ``flush = "async"``
+completion callback, not after the flusher task is scheduled again). ``flush = "async"``
 acknowledges at once and fsyncs every ``flush_interval_ms``; ``flush = "sync"``
 acknowledges after the batch's fsync, or raises ``FlushTimeout`` after
 ``sync_flush_timeout_ms`` (the record is stored, not yet durable).
@@ -64,13 +62,8 @@ class StoreService:
         self._queues_to_prepare: dict[tuple[str, int], None] = {}  # in order, no repeats
         self._queue_locks: dict[tuple[str, int], trio.Lock] = {}
         self._running = False
-        self._chain: FlushChain | None = None  # made in run(), on the event loop
+        self.flushes = 0  # commit-log flushes (each may acknowledge sync writers)
         self.checkpoints = 0
-
-    @property
-    def flushes(self) -> int:
-        """How many commit-log flushes finished (each may acknowledge sync writers)."""
-        return 0 if self._chain is None else self._chain.completed
 
     async def run(self, *, task_status: trio.TaskStatus[RecoveryReport] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -86,11 +79,9 @@ class StoreService:
             await trio.to_thread.run_sync(partial(self.store.populate_ahead,
                                                   self.store.log.segment_size,
                                                   at_idle_priority=False))
-        self._chain = FlushChain(self.store, on_flushed=self._publish_flush,
-                                 wants_more=self._more_to_flush, on_failed=self._chain_failed)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._flush_loop, self._chain)
+                nursery.start_soon(self._flush_loop)
                 nursery.start_soon(self._checkpoint_loop)
                 nursery.start_soon(self._prepare_loop)
                 nursery.start_soon(self._retention_loop)
@@ -219,13 +210,7 @@ class StoreService:
                 if trio.current_time() >= deadline:
                     raise FlushTimeout(f"fsync did not reach offset {offset} within "
                                        f"{self.config.sync_flush_timeout_ms} ms")
-                assert self._chain is not None  # made before _running is set
-                # Start the flush from here when none is under way (one under way goes
-                # on to cover this batch): no hop through the flusher task, which is not
-                # woken either (one more task step before the loop lets the GIL go to
-                # the fsync thread).
-                if not self._chain.start() and not self._chain.busy:
-                    self._flush_wanted.set()  # the chain failed or stopped
+                self._flush_wanted.set()
                 await self._flush_done.wait()
         finally:
             self._flush_waiters -= 1
@@ -234,24 +219,27 @@ class StoreService:
         done, self._flush_done = self._flush_done, trio.Event()
         done.set()
 
-    async def _flush_loop(self, chain: FlushChain) -> None:
-        """Flush the commit log every ``flush_interval_ms`` (sync writers start their
-        flushes themselves, see ``wait_flushed``); wait while the chain runs (back to back
-        while writers wait on what was appended meanwhile, see ``flush_chain``), and raise
-        its failure, which also wakes this task."""
+    async def _flush_loop(self) -> None:
+        """Flush the commit log every ``flush_interval_ms``, or at once when a writer waits;
+        then keep flushing back to back while writers wait on what was appended meanwhile
+        (see ``flush_chain``)."""
         interval_s = self.config.flush_interval_ms / 1000
-        try:
-            while True:
+        log = self.store.log
+        chain = FlushChain(self.store, on_flushed=self._publish_flush,
+                           wants_more=self._more_to_flush)
+        while True:
+            if not self._flush_waiters:
                 with trio.move_on_after(interval_s):
                     await self._flush_wanted.wait()
-                self._flush_wanted = trio.Event()
-                chain.start()
-                await chain.wait_idle()
-        finally:
-            await chain.stop()  # shielded: no fsync thread outlives the store's files
-
-    def _chain_failed(self) -> None:
-        self._flush_wanted.set()
+            self._flush_wanted = trio.Event()
+            # Group commit: let every writer already runnable append before this fsync
+            # starts, so one fsync covers all of them rather than the first few.
+            await trio.lowlevel.checkpoint()
+            if log.flushed_offset >= log.write_offset:
+                if self._flush_waiters:
+                    await self._flush_wanted.wait()
+                continue
+            self.flushes += await chain.run(self.store.plan_flush(with_indexes=False))
 
     async def _checkpoint_loop(self) -> None:
         """Every ``checkpoint_interval_ms``: fsync the commit log, the consume queues and

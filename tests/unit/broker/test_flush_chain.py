@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import trio
-import trio.testing
 
 from tidemq.broker.flush_chain import FlushChain
 from tidemq.config import StoreConfig
@@ -102,61 +101,4 @@ async def test_cancelled_it_waits_for_the_fsync_under_way_and_starts_no_other(
             release.set()
     assert flushes == 1  # the one under way was published; no other was started
     assert store.log.flushed_offset == target
-    store.close()
-
-
-async def test_start_is_a_plain_call_that_flushes_in_a_thread(tmp_path: Path) -> None:
-    """A writer starts a flush itself (no task hop); one under way makes ``start`` a no-op;
-    with nothing unflushed there is nothing to start."""
-    store = open_store(tmp_path)
-    chain = FlushChain(store, on_flushed=lambda: None, wants_more=lambda: False)
-    assert not chain.start()  # nothing appended yet
-    append(store)
-    target = store.log.write_offset
-    assert chain.start()
-    assert chain.busy
-    assert not chain.start()  # one under way
-    await chain.wait_idle()
-    assert store.log.flushed_offset == target
-    assert chain.completed == 1
-    store.close()
-
-
-async def test_a_flush_started_while_a_waiter_wakes_is_not_mistaken_for_cancellation(
-        tmp_path: Path) -> None:
-    """``wait_idle`` returns normally even when a writer has started the next flush before
-    the waiting task ran again (Trio runs the two woken tasks in either order, so the
-    round is repeated); that flush completes and later ones still start."""
-    store = open_store(tmp_path)
-    chain = FlushChain(store, on_flushed=lambda: None, wants_more=lambda: False)
-
-    async def restart_when_idle() -> None:
-        await chain._idle.wait()  # the event wait_idle waits on: woken with it
-        append(store)
-        assert chain.start()
-
-    for round_number in range(20):
-        append(store)
-        assert chain.start()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(restart_when_idle)
-            await trio.testing.wait_all_tasks_blocked()
-            await chain.wait_idle()
-        await chain.wait_idle()
-        assert chain.completed == 2 * (round_number + 1)
-    assert store.log.flushed_offset == store.log.write_offset
-    store.close()
-
-
-async def test_a_failed_flush_started_by_a_writer_reaches_the_watcher(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    failed: list[bool] = []
-    chain = FlushChain(store, on_flushed=lambda: None, wants_more=lambda: False,
-                       on_failed=lambda: failed.append(True))
-    append(store)
-    assert chain.start(FailingPlan(store.log.write_offset, []))
-    with pytest.raises(StoreError, match="syncing failed"):
-        await chain.wait_idle()
-    assert failed == [True]
-    assert not chain.start()  # a failed chain starts nothing more
     store.close()
