@@ -6,15 +6,17 @@ from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
+import pytest
 
 from tidemq.client._core import ConsumerCore
 from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._message import Message
 from tidemq.client._pool import CallOutcome
-from tidemq.client._queue_worker import QueueWorker
+from tidemq.client._queue_worker import QueueWorker, WorkerState
 from tidemq.client._routes import MessageQueue
 from tidemq.client._settings import ConsumerSettings, parse_topics
 from tidemq.client._tracker import QueueTracker
+from tidemq.errors import SystemBusy, TopicNotFound
 from tidemq.protocol.codes import RequestCode, ResponseCode
 from tidemq.protocol.events import Body, Fields, Response
 from tidemq.protocol.record import STAMP, STAMP_OFFSET, encode_draft, pack_host, seal
@@ -222,10 +224,33 @@ async def test_a_stopped_worker_delivers_no_late_answer() -> None:
     assert pool.forgotten == [1]
 
 
-async def _worker_over(pool: object) -> tuple[ConsumerCore, OwnedTaskGroup, QueueWorker]:
+async def test_pull_errors_from_the_reader_back_off_and_a_gone_topic_ends_the_worker(
+        caplog: pytest.LogCaptureFixture) -> None:
+    pool = ReaderPool([])
+    _core, owned, worker = await _worker_over(pool, pull_backoff_ms=50)
+    try:
+        with anyio.fail_after(5):
+            await owned.task_group.start(worker.run)
+            _, on_outcome, _ = await pool.next_pull(1)
+            on_outcome(None, SystemBusy("busy"))
+            await anyio.sleep(0.01)
+            assert len(pool.pulls) == 1  # backing off
+            _, on_outcome, _ = await pool.next_pull(2)  # then pulls again, same offset
+            assert pool.pulls[1][0]["offset"] == 0
+            on_outcome(None, TopicNotFound("topic 'orders' does not exist"))
+            await worker._finished.wait()
+    finally:
+        await owned.close()
+    assert "pull_failed" in caplog.text
+    assert worker.state is WorkerState.DROPPED  # worker_gone: the topic is gone
+    assert len(pool.pulls) == 2
+
+
+async def _worker_over(pool: object, **settings_given: Any
+                       ) -> tuple[ConsumerCore, OwnedTaskGroup, QueueWorker]:
     """A consumer core bound to an entered task group, and a worker of queue orders/0."""
     settings = ConsumerSettings(group="g", client_id="c",
-                                subscriptions=parse_topics({"orders": "*"}))
+                                subscriptions=parse_topics({"orders": "*"}), **settings_given)
     core = ConsumerCore(cast(Any, pool), settings)
     owned = OwnedTaskGroup()
     await owned.enter()
