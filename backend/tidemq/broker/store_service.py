@@ -72,7 +72,8 @@ class StoreService:
         self._log_recovery(report)
         if self.store.log.segments.empty and self.config.preallocate_next_segment:
             # A fresh store: make its first segment before serving, the way later ones are
-            # made (zero-filled and populated), so early traffic meets no first-write stalls.
+            # made (zero-filled with flush = "sync"), and populate all of it, so early
+            # traffic meets no first-write stalls.
             await trio.to_thread.run_sync(self.store.prepare_next_segment)
             # Before serving: at normal priority (busy cores elsewhere must not hold the
             # start for seconds).
