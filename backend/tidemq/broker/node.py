@@ -7,7 +7,9 @@
       ├── NameServerLink.run        register with the name servers, heartbeat, deregister
       └── (later) replication, timing wheel, transaction checker
 
-``handle`` dispatches each request to its processor by code (processors/). Shutdown is
+``handle`` dispatches each request to its processor by code (processors/); ``handle_now``
+first offers it to an immediate processor, on the connection's reader task, when its code has
+one (a send that needs no waiting is answered without a task). Shutdown is
 cancellation: the store closes with a final flush, then offsets and topics are saved.
 """
 
@@ -35,7 +37,7 @@ from tidemq.common.ids import encode_message_id, message_id_prefix
 from tidemq.common.units import KIB
 from tidemq.config import TidemqConfig
 from tidemq.errors import InvalidArgument, TideError
-from tidemq.net import ConnectionOptions, ServerConnectionContext, serve
+from tidemq.net import HANDLE_LATER, ConnectionOptions, HandleLater, ServerConnectionContext, serve
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Request, Response
 from tidemq.protocol.record import compact_host, pack_host
@@ -45,6 +47,8 @@ from tidemq.store import MessageStore, RecoveryReport
 logger = logging.getLogger("tidemq.broker.node")
 
 Processor = Callable[["Broker", Request, ServerConnectionContext], Awaitable[Response | None]]
+ImmediateProcessor = Callable[["Broker", Request, ServerConnectionContext],
+                              Response | HandleLater | None]
 
 CONSUMER_EXPIRY_S = 30.0
 HOUSEKEEPING_INTERVAL_S = 1.0
@@ -89,6 +93,7 @@ class Broker:
         self._message_id_prefix: tuple[int, str] = (-1, "")  # (port, prefix)
         self._round_robin: dict[str, int] = {}
         self._processors: dict[RequestCode, Processor] = {}
+        self._immediate_processors: dict[RequestCode, ImmediateProcessor] = {}
         self._metadata_lock = trio.Lock()
         self._metadata_loaded = False  # never save tables that were not loaded
         self.namesrv: NameServerLink | None = None
@@ -98,7 +103,7 @@ class Broker:
                                           self.registration)
         from tidemq.broker.processors import register_all
 
-        register_all(self._processors)
+        register_all(self._processors, self._immediate_processors)
 
     async def run(self, *, task_status: trio.TaskStatus[BrokerStarted] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -115,7 +120,8 @@ class Broker:
                 addresses = await nursery.start(partial(
                     serve, self.handle, broker_config.host, broker_config.port,
                     options=options, hello_timeout_ms=broker_config.hello_timeout_ms,
-                    hello_fields={"broker": identity}, on_closed=self._connection_closed))
+                    hello_fields={"broker": identity}, on_closed=self._connection_closed,
+                    immediate_handler=self.handle_now))
                 host, port = addresses[0]
                 if self.port == 0:  # bound to a free port (tests): ids must name the real one
                     self.port = port
@@ -195,6 +201,16 @@ class Broker:
         if processor is None:
             raise InvalidArgument(f"request code {request.code.name} is not served by a broker")
         return await processor(self, request, context)
+
+    def handle_now(self, request: Request, context: ServerConnectionContext
+                   ) -> Response | HandleLater | None:
+        """Answer a request on its connection's reader task when its code has an immediate
+        processor and nothing has to wait (a send with ``flush = "async"``); else hand it
+        to ``handle`` (``net.serve``'s immediate handler)."""
+        processor = self._immediate_processors.get(request.code)
+        if processor is None:
+            return HANDLE_LATER
+        return processor(self, request, context)
 
     # -- helpers shared by processors ---------------------------------------------------
     def message_id(self, commit_offset: int) -> str:

@@ -124,22 +124,60 @@ class StoreService:
         return await self._acknowledge(self.store.put_packed(topic, queue_id, records),
                                        yield_after=yield_after)
 
+    def put_packed_now(self, topic: str, queue_id: int, records: Buffer) -> PutResult | None:
+        """``put_packed`` without waiting, for a caller that answers on the spot (the send
+        handler on a connection's reader task): the records are stored, or None, nothing
+        stored, when the put has to wait for the queue's segment (use ``put_packed``).
+        With ``flush = "sync"`` the flush is asked for at once; await ``acknowledged``.
+
+        Raises:
+            MessageIllegal, DiskFull: from the store (nothing written).
+            StoreClosed: the service is not running.
+        """
+        if not self._running:
+            raise StoreClosed("the store service is not running")
+        if not self._queue_ready(topic, queue_id):
+            return None
+        result = self.store.put_packed(topic, queue_id, records)
+        if self._preparation_wanted():
+            self._prepare_wanted.set()
+        if self.config.flush == "sync":
+            self._flush_wanted.set()
+        return result
+
+    async def acknowledged(self, result: PutResult) -> None:
+        """Return once a ``put_packed_now`` is acknowledged under the flush mode (with
+        ``flush = "sync"``, on disk). Raises FlushTimeout, StoreClosed."""
+        if self.config.flush == "sync":
+            await self.wait_flushed(result.end_offset)
+
+    def _queue_ready(self, topic: str, queue_id: int) -> bool:
+        """Whether a put to the queue may go now: its segment is made and no put to it
+        waits for one (see ``_prepare_queue``). Asks for its next segment in the background
+        once the last is half full."""
+        key = (topic, queue_id)
+        if key in self._queue_locks:
+            return False
+        wanted = self.store.queue_segment_wanted(topic, queue_id)
+        if wanted is None:
+            return True
+        if not wanted:
+            if key not in self._queues_to_prepare:
+                self._queues_to_prepare[key] = None
+                self._prepare_wanted.set()
+            return True
+        return False
+
     async def _prepare_queue(self, topic: str, queue_id: int) -> None:
         """Have the queue's segments made ahead of the put, in a worker thread: its first
         one now (the put waits), its next one in the background once the last is half
         full (the put goes on). While a queue's segment is being made, every later put to
         it waits too, in arrival order, so puts to one queue stay in order."""
+        if self._queue_ready(topic, queue_id):
+            return
         key = (topic, queue_id)
         lock = self._queue_locks.get(key)
         if lock is None:
-            wanted = self.store.queue_segment_wanted(topic, queue_id)
-            if wanted is None:
-                return
-            if not wanted:
-                if key not in self._queues_to_prepare:
-                    self._queues_to_prepare[key] = None
-                    self._prepare_wanted.set()
-                return
             lock = self._queue_locks[key] = trio.Lock()
         try:
             async with lock:

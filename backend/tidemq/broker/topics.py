@@ -96,17 +96,26 @@ class TopicManager:
 
         Returns (topic, created). Raises MessageIllegal, TopicNotFound, NoPermission.
         """
-        check_topic_name(name)
-        topic = self.topics.get(name)
-        created = False
-        if topic is None:
-            if not self.auto_create or is_system_topic(name):
-                raise TopicNotFound(f"topic {name!r} does not exist (auto-creation is off)")
-            topic = self.create(name, self.default_queue_count)
-            created = True
+        topic = self.existing_for_send(name)
+        if topic is not None:
+            return topic, False
+        if not self.auto_create or is_system_topic(name):
+            raise TopicNotFound(f"topic {name!r} does not exist (auto-creation is off)")
+        topic = self.create(name, self.default_queue_count)
         if not topic.writable:
             raise NoPermission(f"topic {name!r} is not writable")
-        return topic, created
+        return topic, True
+
+    def existing_for_send(self, name: str) -> TopicConfig | None:
+        """The topic a producer sends to if it exists (None: ``for_send`` may create it).
+
+        Raises MessageIllegal (a bad name), NoPermission.
+        """
+        check_topic_name(name)
+        topic = self.topics.get(name)
+        if topic is not None and not topic.writable:
+            raise NoPermission(f"topic {name!r} is not writable")
+        return topic
 
     def create(self, name: str, queue_count: int, permission: int = Permission.READ_WRITE,
                *, system: bool = False) -> TopicConfig:

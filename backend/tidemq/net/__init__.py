@@ -20,6 +20,9 @@ from tidemq.net._peers import split_address as split_address
 from tidemq.net._pending import ResponseCallback as ResponseCallback
 from tidemq.net._server import DEFAULT_HELLO_TIMEOUT_MS as DEFAULT_HELLO_TIMEOUT_MS
 from tidemq.net._server import Handler as Handler
+from tidemq.net._server import ImmediateHandler as ImmediateHandler
 from tidemq.net._server import ServerConnectionContext as ServerConnectionContext
 from tidemq.net._server import serve as serve
+from tidemq.net._session import HANDLE_LATER as HANDLE_LATER
+from tidemq.net._session import HandleLater as HandleLater
 from tidemq.net._session import RequestHandler as RequestHandler

@@ -9,7 +9,9 @@ its own limits, so one misbehaving peer costs only its own connection::
     accept --> connection task: Session.run()                    (see _session)
                  first frame must be HELLO, within hello_timeout_ms, else close
                  HELLO         --> answered here: {version, **hello_fields}
-                 other request --> handler(request, context) in a task, at most
+                 other request --> immediate_handler(request, context) on the
+                                   reader's task, when given (it may hand on:)
+                                   handler(request, context) in a task, at most
                                    max_in_flight_requests at once, else SYSTEM_BUSY
                  bad bytes     --> PROTOCOL_ERROR answer (when possible), then close
 
@@ -17,6 +19,12 @@ The handler returns the ``Response`` (build it with ``request.respond(...)``), o
 a oneway request or one it answered already with ``context.respond_now``. Raising a
 ``TideError`` answers with its code and remark; raising anything else answers INTERNAL and
 logs the traceback here. Neither ends the connection or the server.
+
+An ``immediate_handler`` (optional) is a plain function offered each request first, on the
+connection's reader task: it returns the answer (or None) when it can without waiting, or
+``HandleLater()`` to hand the request to ``handler`` in a task, or ``HandleLater(continuation)``
+to have a task await the rest of the work it began (see ``_session``). Errors are answered
+as for ``handler``.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import anyio.abc
 from anyio.streams.tls import TLSListener
 
 from tidemq.net._options import ConnectionOptions, ConnectionStatistics
-from tidemq.net._session import Session
+from tidemq.net._session import HANDLE_LATER, HandleLater, Session
 from tidemq.protocol.codes import PROTOCOL_VERSION, RequestCode
 from tidemq.protocol.connection import Connection, Role
 from tidemq.protocol.events import Fields, Request, Response
@@ -42,6 +50,8 @@ logger = logging.getLogger("tidemq.net.server")
 DEFAULT_HELLO_TIMEOUT_MS: Final = 10_000
 
 Handler: TypeAlias = Callable[[Request, "ServerConnectionContext"], Awaitable[Response | None]]
+ImmediateHandler: TypeAlias = Callable[[Request, "ServerConnectionContext"],
+                                       Response | HandleLater | None]
 
 
 @final
@@ -89,6 +99,7 @@ async def serve(
     hello_fields: Fields | None = None,
     on_closed: Callable[[ServerConnectionContext], None] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    immediate_handler: ImmediateHandler | None = None,
     task_status: anyio.abc.TaskStatus[list[tuple[str, int]]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve TideMQ connections on ``host:port`` until cancelled.
@@ -102,6 +113,8 @@ async def serve(
         on_closed: called with a connection's context once it has ended (a broker drops
             the consumers that lived on it).
         ssl_context: when given, connections are TLS (the seam for encrypted transport).
+        immediate_handler: ``def immediate_handler(request, context)``, offered each request
+            first on the reader's task (see the module docstring).
         task_status: receives the bound ``(host, port)`` addresses once accepting.
     """
     options = options or ConnectionOptions()
@@ -116,13 +129,14 @@ async def serve(
         task_status.started(addresses)
         hello_answer = {**(hello_fields or {}), "version": PROTOCOL_VERSION}
         await serving.serve(
-            partial(_serve_connection, handler, options, hello_timeout_ms, hello_answer,
-                    on_closed)
+            partial(_serve_connection, handler, immediate_handler, options, hello_timeout_ms,
+                    hello_answer, on_closed)
         )
 
 
 async def _serve_connection(
     handler: Handler,
+    immediate_handler: ImmediateHandler | None,
     options: ConnectionOptions,
     hello_timeout_ms: int,
     hello_answer: Fields,
@@ -138,8 +152,14 @@ async def _serve_connection(
             return request.respond(hello_answer)
         return await handler(request, context)
 
+    def dispatch_now(request: Request) -> Response | HandleLater | None:
+        if request.code is RequestCode.HELLO or immediate_handler is None:
+            return HANDLE_LATER
+        return immediate_handler(request, context)
+
     session = Session(stream, Connection(Role.SERVER, limits=options.frame_limits),
-                      handler=dispatch, options=options, peer_name=remote_address)
+                      handler=dispatch, options=options, peer_name=remote_address,
+                      immediate_handler=dispatch_now if immediate_handler else None)
     context = ServerConnectionContext(session, remote_address)
     async with anyio.create_task_group() as watchdog_group:
         watchdog_group.start_soon(_close_without_hello, session, hello_received,

@@ -27,6 +27,13 @@ here::
 * Handler workers: a request is queued and a parked worker task woken for it (or a new one
   started when none is parked); workers park between requests rather than exit, since an
   anyio task costs several times more to start than to wake (see ``_admit``).
+* Immediate handling: with an ``immediate_handler``, the reader first offers it each
+  request (when none is queued ahead of it, so requests of a connection start in order). It
+  answers from the reader's own task what needs no waiting (a broker's send with
+  ``flush = "async"``), or hands the request on with ``HandleLater``: to the async handler
+  in a worker, or to a continuation of the work it began. This spares a wake-up and a task
+  switch per request; the reader yields every ``_ANSWERED_NOW_PER_YIELD`` requests so a
+  burst cannot hold the event loop.
 * Handler errors never end the connection: an exception becomes an error response (a
   ``TideError`` keeps its code, anything else is INTERNAL and logged).
 
@@ -43,10 +50,12 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias, final
+from functools import partial
+from typing import Final, TypeAlias, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from tidemq.errors import ErrorCode, TideError
 from tidemq.net._errors import ConnectionClosed, RequestTimeout
@@ -69,7 +78,32 @@ logger = logging.getLogger("tidemq.net.session")
 _IDLE_WORKERS_MAX = 128
 """Parked handler workers kept per connection; more exit (a burst starts new ones)."""
 
+_ANSWERED_NOW_PER_YIELD = 64
+"""Requests the reader answers itself between schedule points (see ``_handle_now``)."""
+
 RequestHandler: TypeAlias = Callable[[Request], Awaitable[Response | None]]
+Continuation: TypeAlias = Callable[[], Awaitable[Response | None]]
+
+
+@final
+class HandleLater:
+    """What an immediate handler returns for a request it cannot answer without waiting.
+
+    The request goes to a handler worker, which awaits ``continuation()`` when one is given
+    (the rest of work the immediate handler began; its result is the answer), or else the
+    session's async handler, from the start.
+    """
+
+    __slots__ = ("continuation",)
+
+    def __init__(self, continuation: Continuation | None = None) -> None:
+        self.continuation = continuation
+
+
+HANDLE_LATER: Final = HandleLater()
+"""``HandleLater()`` without a continuation: the async handler takes the request."""
+
+ImmediateHandler: TypeAlias = Callable[[Request], "Response | HandleLater | None"]
 
 
 def _closed(remark: str, cause: BaseException | None = None) -> ConnectionClosed:
@@ -90,10 +124,12 @@ class Session:
         handler: RequestHandler | None,
         options: ConnectionOptions,
         peer_name: str,
+        immediate_handler: ImmediateHandler | None = None,
     ) -> None:
         self._stream = stream
         self._connection = connection
         self._handler = handler
+        self._immediate_handler = immediate_handler
         self._options = options
         self._peer_name = peer_name
         self._writer = FrameWriter(stream, high_water_bytes=options.send_high_water_bytes)
@@ -101,7 +137,8 @@ class Session:
         self._in_flight_requests = 0
         # The handler pool (see _admit): admitted requests not yet picked up, the wake-up
         # events of idle workers, and whether workers should exit once the queue is empty.
-        self._admitted: collections.deque[Request] = collections.deque()
+        self._admitted: collections.deque[tuple[Request, Continuation | None]] = \
+            collections.deque()
         self._idle_workers: list[anyio.Event] = []
         self._workers_closing = False
         self._answered_early: set[int] = set()
@@ -330,6 +367,7 @@ class Session:
         self, handler_group: anyio.abc.TaskGroup
     ) -> ConnectionClosed | None:
         """Act on every whole frame buffered; a reason when the conversation is over."""
+        answered_now = 0
         while True:
             try:
                 event = self._connection.next_event()
@@ -346,7 +384,13 @@ class Session:
             if isinstance(event, Response):
                 self._deliver(event)
             elif self._in_flight_requests < self._options.max_in_flight_requests:
-                self._admit(event, handler_group)  # no coroutine for the common case
+                if self._immediate_handler is not None and not self._admitted:
+                    self._handle_now(event, handler_group)
+                    answered_now += 1
+                    if answered_now % _ANSWERED_NOW_PER_YIELD == 0:
+                        await anyio.lowlevel.checkpoint()
+                else:
+                    self._admit(event, handler_group)  # no coroutine for the common case
             else:
                 await self._refuse_busy(event)
 
@@ -380,15 +424,36 @@ class Session:
         remark = f"over {self._options.max_in_flight_requests} requests in flight"
         await self._send_response(request.respond(code=ErrorCode.SYSTEM_BUSY, remark=remark))
 
-    def _admit(self, request: Request, handler_group: anyio.abc.TaskGroup) -> None:
-        """Hand a request (the caller checked the in-flight limit) to a handler worker."""
+    def _handle_now(self, request: Request, handler_group: anyio.abc.TaskGroup) -> None:
+        """Offer a request to the immediate handler, on the reader's task: answer it here,
+        or hand it on to a worker as the handler says."""
+        assert self._immediate_handler is not None
+        try:
+            outcome = self._immediate_handler(request)
+        except Exception as exc:
+            outcome = self._failure_answer(request, exc)
+        if isinstance(outcome, HandleLater):
+            self._admit(request, handler_group, outcome.continuation)
+            return
+        response = self._checked_answer(request, outcome)
+        if response is None or self._writer.closed:
+            return
+        if self._writer.has_room():
+            self._write_response(response)
+        else:  # the send queue is full: a worker waits for room, as for any answer
+            self._admit(request, handler_group, partial(_answer_ready, response))
+
+    def _admit(self, request: Request, handler_group: anyio.abc.TaskGroup,
+               continuation: Continuation | None = None) -> None:
+        """Hand a request (the caller checked the in-flight limit) to a handler worker,
+        which awaits ``continuation()`` if given, else the async handler."""
         self._in_flight_requests += 1
         # Handlers run in a pool of worker tasks rather than a task per request: an anyio
         # task costs far more to start than waking a parked worker. Every queued request
         # has a worker woken (or started) for it, so a handler that blocks (a parked pull)
         # never delays the requests behind it; a worker that finishes early may take a
         # request first, and the woken one then finds the queue empty and parks again.
-        self._admitted.append(request)
+        self._admitted.append((request, continuation))
         if self._idle_workers:
             self._idle_workers.pop().set()
         else:
@@ -401,7 +466,7 @@ class Session:
         admitted = self._admitted
         while True:
             while admitted:
-                await self._handle(admitted.popleft())
+                await self._handle(*admitted.popleft())
             if self._workers_closing or len(self._idle_workers) >= _IDLE_WORKERS_MAX:
                 return
             wake = anyio.Event()
@@ -415,9 +480,9 @@ class Session:
         for wake in idle:
             wake.set()
 
-    async def _handle(self, request: Request) -> None:
+    async def _handle(self, request: Request, continuation: Continuation | None) -> None:
         try:
-            response = await self._call_handler(request)
+            response = await self._call_handler(request, continuation)
             if response is not None:
                 await self._send_response(response)
         finally:
@@ -441,20 +506,34 @@ class Session:
         self._writer.write_nowait(frame)
         return True
 
-    async def _call_handler(self, request: Request) -> Response | None:
-        if self._handler is None:
+    async def _call_handler(self, request: Request, continuation: Continuation | None
+                            ) -> Response | None:
+        if continuation is None and self._handler is None:
             remark = f"{request.code.name} is not served by this end"
             return None if request.oneway else request.respond(
                 code=ErrorCode.INVALID_ARGUMENT, remark=remark)
         try:
-            response = await self._handler(request)
+            if continuation is not None:
+                response = await continuation()
+            else:
+                assert self._handler is not None
+                response = await self._handler(request)
         except Exception as exc:
-            if not isinstance(exc, TideError):
-                logger.exception("handler_failed",
-                                 extra={"peer": self._peer_name, "code": request.code.name})
-            if request.oneway or request.opaque in self._answered_early:
-                return None
-            return error_response(request.opaque, exc)
+            return self._failure_answer(request, exc)
+        return self._checked_answer(request, response)
+
+    def _failure_answer(self, request: Request, exc: Exception) -> Response | None:
+        """The answer to a request whose handler raised (None when none is due)."""
+        if not isinstance(exc, TideError):
+            logger.exception("handler_failed",
+                             extra={"peer": self._peer_name, "code": request.code.name},
+                             exc_info=exc)
+        if request.oneway or request.opaque in self._answered_early:
+            return None
+        return error_response(request.opaque, exc)
+
+    def _checked_answer(self, request: Request, response: object) -> Response | None:
+        """What a handler returned, as the answer to send (None when none is due)."""
         if request.oneway or request.opaque in self._answered_early:
             return None
         # Checked at run time too: a handler is user code, and a wrong return value must
@@ -469,6 +548,10 @@ class Session:
         await self._writer.wait_ready()
         if self._writer.closed:
             return  # the conversation is ending: no one to answer
+        self._write_response(response)
+
+    def _write_response(self, response: Response) -> None:
+        """Queue an answer (the writer is open and has room)."""
         try:
             frame = self._connection.send_response(response)
         except LocalProtocolError as exc:
@@ -480,3 +563,8 @@ class Session:
         except ConnectionBroken:
             return
         self._writer.write_nowait(frame)
+
+
+async def _answer_ready(response: Response) -> Response:
+    """A continuation whose answer is ready already (it waits for room to send it)."""
+    return response
