@@ -4,7 +4,8 @@ and save, a queue segment being made, an fsync), with the records in order eithe
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import trio
 
 from tidemq.broker.node import Broker, BrokerStarted
 from tidemq.config import BrokerConfig, StoreConfig, TidemqConfig
-from tidemq.net import connect
+from tidemq.net import ServerConnectionContext, connect
 from tidemq.protocol.codes import RequestCode
+from tidemq.protocol.events import Response
 from tidemq.protocol.record import encode_draft, iter_records
 from tidemq.store import PutResult
 
@@ -123,19 +125,53 @@ async def sync_broker(tmp_path: Path) -> AsyncIterator[Running]:
         nursery.cancel_scope.cancel()
 
 
-async def test_with_sync_flush_the_reader_appends_and_the_answer_waits_for_the_fsync(
-        sync_broker: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_with_sync_flush_the_reader_appends_and_a_flush_listener_acknowledges(
+        sync_broker: Running, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="tidemq.net.session")
     broker, started = sync_broker
     log = broker.store.log
+    service = broker.store_service
+    in_listener = False
+    acknowledged: list[tuple[int, bool]] = []  # (opaque, from a flush listener)
+    when_flushed, respond_now = service.when_flushed, ServerConnectionContext.respond_now
+
+    def spy_when_flushed(offset: int, callback: Callable[[], None]) -> Any:
+        def run() -> None:
+            nonlocal in_listener
+            in_listener = True
+            try:
+                callback()
+            finally:
+                in_listener = False
+        return when_flushed(offset, run)
+
+    def spy_respond_now(context: ServerConnectionContext, response: Response) -> bool:
+        first = response.opaque not in {opaque for opaque, _ in acknowledged}
+        sent = respond_now(context, response)  # True, sending nothing, when answered already
+        if sent and first and "commit_offsets" in response.fields:
+            acknowledged.append((response.opaque, in_listener))
+        return sent
+    monkeypatch.setattr(service, "when_flushed", spy_when_flushed)
+    monkeypatch.setattr(ServerConnectionContext, "respond_now", spy_respond_now)
     async with await connect(started.host, started.port, client_id="t") as client:
         await client.call(RequestCode.CREATE_TOPIC, {"topic": "durable", "queue_count": 1})
         await client.call(RequestCode.SEND_MESSAGE, {"topic": "durable", "queue_id": 0},
                           encode_draft("durable", b"warm-up"))  # makes the queue's segment
         seen = record_where_puts_run(broker, monkeypatch)
+        acknowledged.clear()
         flushed_at_answer: list[tuple[int, int]] = []
         for n in range(5):
             await client.call(RequestCode.SEND_MESSAGE, {"topic": "durable", "queue_id": 0},
                               encode_draft("durable", b"%d" % n))
             flushed_at_answer.append((log.flushed_offset, log.write_offset))
+        pulled = await client.call(RequestCode.PULL_MESSAGE, {
+            "group": "g", "topic": "durable", "queue_id": 0, "offset": 1, "max_count": 10})
+        assert [record.body for record in iter_records(pulled.body)] == \
+            [b"%d" % n for n in range(5)]
     assert seen == ["now durable/0 reader"] * 5
     assert all(flushed >= written for flushed, written in flushed_at_answer)
+    # Each acknowledged by its flush listener; the handler task sent nothing more (the
+    # client would have met an answer without a request).
+    assert [from_listener for _, from_listener in acknowledged] == [True] * 5
+    assert not [r for r in caplog.records if r.message == "response_without_waiter"]

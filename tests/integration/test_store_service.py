@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from tidemq.broker.store_service import StoreService
 from tidemq.config import StoreConfig
 from tidemq.errors import MessageIllegal, StoreClosed
 from tidemq.protocol.record import encode_draft, iter_records
-from tidemq.store import MessageStore
+from tidemq.store import MessageStore, PutResult
 from tidemq.store import message_store as message_store_module
 from tidemq.store import segments as segments_module
 from tidemq.store.checkpoint import Checkpoint
@@ -54,6 +55,43 @@ async def test_sync_flush_acknowledges_after_fsync_with_group_commit(tmp_path: P
     # 320 acknowledged writes with the interval flusher parked at 10 s: only group commits
     # triggered by waiting writers flushed, and they shared fsyncs.
     assert 0 < service.flushes < 320
+
+
+async def test_flush_listeners_run_once_their_offset_is_on_disk_before_waiting_tasks(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``when_flushed``: called after the fsync covering its offset, in offset order, on
+    the event loop before the tasks waiting on the same flush; never when cancelled; one
+    that raises is logged and the others still run."""
+    store = MessageStore(small_config(tmp_path, flush="sync", flush_interval_ms=10_000))
+    service = StoreService(store)
+    called: list[tuple[str, int]] = []  # (what, flushed offset then)
+
+    def listener(name: str) -> None:
+        called.append((name, store.log.flushed_offset))
+        if name == "raises":
+            raise RuntimeError("a broken listener")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        await service.put_packed("orders", 0, encode_draft("orders", b"makes the queue"))
+        results: list[PutResult] = []
+        for name in ("first", "cancelled", "raises", "last"):
+            result = service.put_packed_now("orders", 0, encode_draft("orders", b"x"))
+            assert result is not None
+            results.append(result)
+            handle = service.when_flushed(result.end_offset, partial(listener, name))
+            if name == "cancelled":
+                handle.cancel()
+        assert called == []  # nothing before the fsync
+
+        async def wait_for_the_last() -> None:
+            await service.acknowledged(results[-1])
+            called.append(("waiting task", store.log.flushed_offset))
+        await wait_for_the_last()
+        nursery.cancel_scope.cancel()
+    assert [name for name, _ in called] == ["first", "raises", "last", "waiting task"]
+    assert all(flushed >= results[-1].end_offset for _, flushed in called)
+    assert any(record.message == "flush_listener_failed" for record in caplog.records)
 
 
 async def test_a_sync_ack_comes_after_an_fdatasync_that_began_after_its_write(

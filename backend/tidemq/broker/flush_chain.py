@@ -14,12 +14,14 @@ and finishes it in a ``run_sync_soon`` callback, on the event loop between two t
     run(plan) --start--> worker thread: plan.execute() (fsync)
                             |  token.run_sync_soon(finish)
                             v
-              finish (event loop, no task): complete_flush, on_flushed() (wakes waiters),
+              finish (event loop, no task): complete_flush,
                  wants_more()? --yes--> start(next plan: what was appended meanwhile)
-                              --no---> done: run() returns
+                 on_flushed() (acknowledges through flush listeners, wakes waiters)
+                 no next flush: done, run() returns
 
 The writers appended while an fsync ran are covered by the next one, started before any of
-them is even scheduled again: group commit without a gap.
+them is even scheduled again: group commit without a gap. It starts before ``on_flushed``,
+so the next fsync runs while this one's acknowledgements are being sent.
 
 Error handling: a failed flush (an fsync error) ends the chain and ``run`` raises it, as
 ``to_thread.run_sync`` did. Cancellation: ``run`` waits (shielded) for the fsync under way,
@@ -29,6 +31,7 @@ files.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import final
 
@@ -36,6 +39,8 @@ import outcome
 import trio
 
 from tidemq.store import FlushPlan, MessageStore
+
+logger = logging.getLogger("tidemq.broker.flush_chain")
 
 
 @final
@@ -72,17 +77,25 @@ class FlushChain:
         def finish(plan: FlushPlan, result: outcome.Outcome[None]) -> None:
             # A run_sync_soon callback must not raise: trio would stop with an internal error.
             nonlocal completed
+            more = flushed = False
             try:
                 result.unwrap()
                 self._store.complete_flush(plan)
                 completed += 1
-                self._on_flushed()
-                if not stopping and self._wants_more():
+                flushed = True
+                more = not stopping and self._wants_more()
+                if more:
                     start(self._store.plan_flush(with_indexes=False))
-                    return
             except Exception as error:  # an fsync error (StoreError): run() raises it
                 failures.append(error)
-            done.set()
+                more = False
+            if flushed:
+                try:
+                    self._on_flushed()
+                except Exception:  # must not end the chain with a flush under way
+                    logger.exception("on_flushed_failed")
+            if not more:
+                done.set()
 
         start(plan)
         try:

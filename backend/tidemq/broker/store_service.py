@@ -22,7 +22,10 @@ covers all of them with one fsync, and starts as soon as the previous one is don
 completion callback, not after the flusher task is scheduled again). ``flush = "async"``
 acknowledges at once and fsyncs every ``flush_interval_ms``; ``flush = "sync"``
 acknowledges after the batch's fsync, or raises ``FlushTimeout`` after
-``sync_flush_timeout_ms`` (the record is stored, not yet durable).
+``sync_flush_timeout_ms`` (the record is stored, not yet durable). A caller on the event
+loop may also register a callback for when its batch is on disk (``when_flushed``): it runs
+right as the flush is published, before any waiting task is scheduled (the send handler
+acknowledges from there).
 
 Shutdown is cancellation: ``run`` closes the store (final flush + checkpoint) in a shielded
 scope, so everything acknowledged is flushed on SIGINT/SIGTERM.
@@ -30,8 +33,10 @@ scope, so everything acknowledged is flushed on SIGINT/SIGTERM.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Final, final
 
@@ -45,6 +50,22 @@ from tidemq.store import MessageStore, PutResult, RecoveryReport
 
 logger = logging.getLogger("tidemq.broker.store_service")
 
+
+@final
+class FlushListener:
+    """A callback for when the commit log is on disk up to ``offset`` (``when_flushed``)."""
+
+    __slots__ = ("callback", "cancelled", "offset")
+
+    def __init__(self, offset: int, callback: Callable[[], None]) -> None:
+        self.offset = offset
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Do not call it (harmless after it was called)."""
+        self.cancelled = True
+
 POPULATE_AHEAD_BYTES: Final = 128 * 1024 * 1024
 """How far ahead of the writer the commit log's pages are kept populated: a quarter of a
 second of writing at this disk's ~500 MB/s, and a cold VM populates ~550 MB/s."""
@@ -57,6 +78,8 @@ class StoreService:
         self.config: StoreConfig = store.config
         self._flush_waiters = 0
         self._flush_done = trio.Event()  # replaced after each flush (and each timeout tick)
+        self._flush_listeners: list[tuple[int, int, FlushListener]] = []  # a heap
+        self._listener_order = itertools.count()
         self._flush_wanted = trio.Event()
         self._prepare_wanted = trio.Event()
         self._queues_to_prepare: dict[tuple[str, int], None] = {}  # in order, no repeats
@@ -93,6 +116,7 @@ class StoreService:
                 task_status.started(report)
         finally:
             self._running = False
+            self._flush_listeners.clear()
             self._flush_done.set()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.store.close)
@@ -254,7 +278,27 @@ class StoreService:
         finally:
             self._flush_waiters -= 1
 
+    def when_flushed(self, offset: int, callback: Callable[[], None]) -> FlushListener:
+        """Call ``callback()`` once the commit log is fsync'd up to ``offset``: on the
+        event loop, from no task, as the flush is published (before the tasks waiting in
+        ``wait_flushed`` are even scheduled). Never when the service stops first, or after
+        ``cancel()``. It must not block or raise (an exception is logged); timeouts and
+        failures are still for ``wait_flushed`` to report."""
+        listener = FlushListener(offset, callback)
+        heapq.heappush(self._flush_listeners, (offset, next(self._listener_order), listener))
+        return listener
+
     def _publish_flush(self) -> None:
+        flushed = self.store.log.flushed_offset
+        listeners = self._flush_listeners
+        while listeners and listeners[0][0] <= flushed:
+            listener = heapq.heappop(listeners)[2]
+            if listener.cancelled:
+                continue
+            try:
+                listener.callback()
+            except Exception:
+                logger.exception("flush_listener_failed")
         done, self._flush_done = self._flush_done, trio.Event()
         done.set()
 
@@ -309,8 +353,8 @@ class StoreService:
         """Whether a flush just published should be followed at once by another: writers
         wait on bytes appended since it was planned."""
         log = self.store.log
-        return self._running and self._flush_waiters > 0 and \
-            log.flushed_offset < log.write_offset
+        return self._running and (self._flush_waiters > 0 or bool(self._flush_listeners)) \
+            and log.flushed_offset < log.write_offset
 
     async def _timeout_ticker(self) -> None:
         """Wake flush waiters now and then, so they notice their deadline even while an

@@ -495,7 +495,10 @@ class Session:
         handler's own task: a send answers the pulls it woke, see broker.long_polling). The
         handler then returns None. False, and nothing sent, when the answer cannot go at
         once (the send queue is full or closing, the response does not encode): the handler
-        answers as usual then."""
+        answers as usual then. A request answered already this way is not answered again
+        (True)."""
+        if response.opaque in self._answered_early:
+            return True
         if self._writer.closed or not self._writer.has_room():
             return False
         try:

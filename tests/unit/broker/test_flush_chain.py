@@ -28,27 +28,40 @@ def append(store: MessageStore) -> None:
     store.put_batch("T", 0, [encode_draft("T", b"x" * 100)])
 
 
-async def test_flushes_follow_each_other_while_more_is_wanted(tmp_path: Path) -> None:
+async def test_flushes_follow_each_other_while_more_is_wanted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each completion starts the next flush itself, covering what was appended while the
-    previous one ran; no task runs in between (the appends here happen in the callback)."""
+    previous one ran, before it publishes (the next fsync runs while the acknowledgements
+    of this one go out); no task runs in between."""
     store = open_store(tmp_path)
-    flushed_at: list[int] = []
+    plan_flush = store.plan_flush
+    plans_made = 0
+    published: list[tuple[int, int]] = []  # (flushed offset, plans made by then)
     appends_left = 3
 
+    def counting_plan_flush(*, with_indexes: bool) -> FlushPlan:
+        nonlocal plans_made
+        plans_made += 1
+        return plan_flush(with_indexes=with_indexes)
+    monkeypatch.setattr(store, "plan_flush", counting_plan_flush)
+
     def on_flushed() -> None:
-        nonlocal appends_left
-        flushed_at.append(store.log.flushed_offset)
-        if appends_left:
-            appends_left -= 1
-            append(store)
+        published.append((store.log.flushed_offset, plans_made))
 
     def wants_more() -> bool:
+        nonlocal appends_left
+        if appends_left:  # a writer appended while the fsync ran
+            appends_left -= 1
+            append(store)
         return store.log.flushed_offset < store.log.write_offset
 
     chain = FlushChain(store, on_flushed=on_flushed, wants_more=wants_more)
     append(store)
     assert await chain.run(store.plan_flush(with_indexes=False)) == 4
-    assert flushed_at == sorted(set(flushed_at))  # four flushes, each further on
+    offsets = [offset for offset, _ in published]
+    assert offsets == sorted(set(offsets))  # four flushes, each further on
+    # Each of the first three was published once the next one was planned and started.
+    assert [made for _, made in published] == [2, 3, 4, 4]
     assert store.log.flushed_offset == store.log.write_offset
     store.close()
 

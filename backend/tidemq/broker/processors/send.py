@@ -10,7 +10,9 @@ Most sends are answered on the connection's reader task (``send_now``, the broke
 immediate processor for these codes): with ``flush = "async"`` nothing has to wait, so no
 task is woken for the request and no task switch comes between the append, the parked
 pulls' answers and the acknowledgement. With ``flush = "sync"`` the append happens there too
-(the flush starts a scheduler pass sooner) and a handler task waits for the fsync. A send
+(the flush starts a scheduler pass sooner), the acknowledgement is sent by a flush listener
+as the fsync is published (``StoreService.when_flushed``), and a handler task waits to
+report a timeout or failure. A send
 that must wait before its append (its topic is auto-created and saved first, its queue's
 segment is being made) goes to ``handle_send`` in a task, as all did before.
 
@@ -34,6 +36,7 @@ from tidemq.protocol.events import Request, Response
 
 if TYPE_CHECKING:
     from tidemq.broker.node import Broker, ImmediateProcessor, Processor
+    from tidemq.broker.store_service import FlushListener
     from tidemq.broker.topics import TopicConfig
     from tidemq.net import ServerConnectionContext
     from tidemq.store import PutResult
@@ -64,8 +67,13 @@ def send_now(broker: Broker, request: Request, context: ServerConnectionContext
         return HandleLater(partial(_store_and_answer, broker, request, context, topic_name,
                                    queue_id))
     if service.config.flush == "sync":
+        # Acknowledged by a flush listener, as the fsync is published; the handler task
+        # reports a timeout or failure (and acknowledges if the listener could not).
+        listener = service.when_flushed(result.end_offset, partial(
+            _acknowledge_flushed, broker, context, topic_name, queue_id,
+            _answer(broker, request, queue_id, result)))
         return HandleLater(partial(_answer_when_acknowledged, broker, request, context,
-                                   topic_name, queue_id, result))
+                                   topic_name, queue_id, result, listener))
     left_to_answer = broker.waiters.notify(topic_name, queue_id)
     answer = _answer(broker, request, queue_id, result)
     if left_to_answer:
@@ -108,13 +116,27 @@ async def _store_and_answer(broker: Broker, request: Request, context: ServerCon
     return await _acknowledge(broker, request, context, queue_id, result, left_to_answer)
 
 
+def _acknowledge_flushed(broker: Broker, context: ServerConnectionContext, topic_name: str,
+                         queue_id: int, answer: Response | None) -> None:
+    """A sync send's flush listener: right after the fsync, on the event loop, wake the
+    queue's parked pulls, answer them, and acknowledge right behind them, with no task
+    scheduled in between (when a woken pull must answer in its own task, the handler task
+    acknowledges after it instead)."""
+    left_to_answer = broker.waiters.notify(topic_name, queue_id)
+    if not left_to_answer and answer is not None:
+        context.respond_now(answer)
+
+
 async def _answer_when_acknowledged(broker: Broker, request: Request,
                                     context: ServerConnectionContext, topic_name: str,
-                                    queue_id: int, result: PutResult) -> Response | None:
+                                    queue_id: int, result: PutResult, listener: FlushListener
+                                    ) -> Response | None:
     try:
         await broker.store_service.acknowledged(result)
     finally:
+        listener.cancel()  # a timeout or failure is answered here, once
         left_to_answer = broker.waiters.notify(topic_name, queue_id)  # as _store_and_answer
+    # Usually answered by the listener already: respond_now then sends nothing again.
     return await _acknowledge(broker, request, context, queue_id, result, left_to_answer)
 
 
