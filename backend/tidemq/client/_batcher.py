@@ -504,6 +504,10 @@ class SendBatcher:
                 self._on_answered(flight.target, flight.waiters)
             except Exception:  # never leave the rest of the lane unanswered
                 logger.exception("send_completion_failed")
+        # Its sends keep the flight (for its answer) but it no longer keeps them: no
+        # reference cycle per request is left for the garbage collector, whose passes
+        # (~0.2 ms each, every ~140 messages in W3) were part of the latency tail.
+        flight.waiters = []
 
     async def _flush(self, flight: Flight, batch: list[QueuedSend]) -> None:
         """One request for ``batch`` (the sends of ``flight`` still wanted, ``_index``
