@@ -436,6 +436,7 @@ class Session:
             self._admit(request, handler_group, outcome.continuation)
             return
         response = self._checked_answer(request, outcome)
+        self._answered_early.discard(request.opaque)  # if it answered itself, it is done
         if response is None or self._writer.closed:
             return
         if self._writer.has_room():

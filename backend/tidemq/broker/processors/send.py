@@ -24,7 +24,7 @@ so the broker formats no string per message and sends ~9 bytes per record, not ~
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 import trio
 
@@ -69,11 +69,11 @@ def send_now(broker: Broker, request: Request, context: ServerConnectionContext
     if service.config.flush == "sync":
         # Acknowledged by a flush listener, as the fsync is published; the handler task
         # reports a timeout or failure (and acknowledges if the listener could not).
-        listener = service.when_flushed(result.end_offset, partial(
-            _acknowledge_flushed, broker, context, topic_name, queue_id,
-            _answer(broker, request, queue_id, result)))
+        flushed = _FlushedAcknowledgement(broker, context, topic_name, queue_id,
+                                          _answer(broker, request, queue_id, result))
+        listener = service.when_flushed(result.end_offset, flushed.on_flushed)
         return HandleLater(partial(_answer_when_acknowledged, broker, request, context,
-                                   topic_name, queue_id, result, listener))
+                                   topic_name, queue_id, result, listener, flushed))
     left_to_answer = broker.waiters.notify(topic_name, queue_id)
     answer = _answer(broker, request, queue_id, result)
     if left_to_answer:
@@ -116,28 +116,42 @@ async def _store_and_answer(broker: Broker, request: Request, context: ServerCon
     return await _acknowledge(broker, request, context, queue_id, result, left_to_answer)
 
 
-def _acknowledge_flushed(broker: Broker, context: ServerConnectionContext, topic_name: str,
-                         queue_id: int, answer: Response | None) -> None:
-    """A sync send's flush listener: right after the fsync, on the event loop, wake the
-    queue's parked pulls, answer them, and acknowledge right behind them, with no task
-    scheduled in between (when a woken pull must answer in its own task, the handler task
-    acknowledges after it instead)."""
-    left_to_answer = broker.waiters.notify(topic_name, queue_id)
-    if not left_to_answer and answer is not None:
-        context.respond_now(answer)
+@final
+class _FlushedAcknowledgement:
+    """A sync send's flush listener (``on_flushed``): right after the fsync, on the event
+    loop, wake the queue's parked pulls, answer them, and acknowledge right behind them,
+    with no task scheduled in between. When a woken pull must answer in its own task, the
+    handler task acknowledges after it instead (``left_to_answer``)."""
+
+    __slots__ = ("answer", "broker", "context", "left_to_answer", "queue_id", "topic_name")
+
+    def __init__(self, broker: Broker, context: ServerConnectionContext, topic_name: str,
+                 queue_id: int, answer: Response | None) -> None:
+        self.broker = broker
+        self.context = context
+        self.topic_name = topic_name
+        self.queue_id = queue_id
+        self.answer = answer
+        self.left_to_answer = False
+
+    def on_flushed(self) -> None:
+        self.left_to_answer = self.broker.waiters.notify(self.topic_name, self.queue_id)
+        if not self.left_to_answer and self.answer is not None:
+            self.context.respond_now(self.answer)
 
 
 async def _answer_when_acknowledged(broker: Broker, request: Request,
                                     context: ServerConnectionContext, topic_name: str,
-                                    queue_id: int, result: PutResult, listener: FlushListener
-                                    ) -> Response | None:
+                                    queue_id: int, result: PutResult, listener: FlushListener,
+                                    flushed: _FlushedAcknowledgement) -> Response | None:
     try:
         await broker.store_service.acknowledged(result)
     finally:
         listener.cancel()  # a timeout or failure is answered here, once
         left_to_answer = broker.waiters.notify(topic_name, queue_id)  # as _store_and_answer
     # Usually answered by the listener already: respond_now then sends nothing again.
-    return await _acknowledge(broker, request, context, queue_id, result, left_to_answer)
+    return await _acknowledge(broker, request, context, queue_id, result,
+                              left_to_answer or flushed.left_to_answer)
 
 
 async def _acknowledge(broker: Broker, request: Request, context: ServerConnectionContext,
