@@ -23,8 +23,9 @@ so the broker formats no string per message and sends ~9 bytes per record, not ~
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -72,8 +73,8 @@ def send_now(broker: Broker, request: Request, context: ServerConnectionContext
         flushed = _FlushedAcknowledgement(broker, context, topic_name, queue_id,
                                           _answer(broker, request, queue_id, result))
         listener = service.when_flushed(result.end_offset, flushed.on_flushed)
-        return HandleLater(partial(_answer_when_acknowledged, broker, request, context,
-                                   topic_name, queue_id, result, listener, flushed))
+        return HandleLater(partial(_answer_when_acknowledged, request, result, listener,
+                                   flushed))
     left_to_answer = broker.waiters.notify(topic_name, queue_id)
     answer = _answer(broker, request, queue_id, result)
     if left_to_answer:
@@ -116,23 +117,19 @@ async def _store_and_answer(broker: Broker, request: Request, context: ServerCon
     return await _acknowledge(broker, request, context, queue_id, result, left_to_answer)
 
 
-@final
+@dataclass(slots=True)
 class _FlushedAcknowledgement:
     """A sync send's flush listener (``on_flushed``): right after the fsync, on the event
     loop, wake the queue's parked pulls, answer them, and acknowledge right behind them,
     with no task scheduled in between. When a woken pull must answer in its own task, the
     handler task acknowledges after it instead (``left_to_answer``)."""
 
-    __slots__ = ("answer", "broker", "context", "left_to_answer", "queue_id", "topic_name")
-
-    def __init__(self, broker: Broker, context: ServerConnectionContext, topic_name: str,
-                 queue_id: int, answer: Response | None) -> None:
-        self.broker = broker
-        self.context = context
-        self.topic_name = topic_name
-        self.queue_id = queue_id
-        self.answer = answer
-        self.left_to_answer = False
+    broker: Broker
+    context: ServerConnectionContext
+    topic_name: str
+    queue_id: int
+    answer: Response | None
+    left_to_answer: bool = False
 
     def on_flushed(self) -> None:
         self.left_to_answer = self.broker.waiters.notify(self.topic_name, self.queue_id)
@@ -140,17 +137,18 @@ class _FlushedAcknowledgement:
             self.context.respond_now(self.answer)
 
 
-async def _answer_when_acknowledged(broker: Broker, request: Request,
-                                    context: ServerConnectionContext, topic_name: str,
-                                    queue_id: int, result: PutResult, listener: FlushListener,
-                                    flushed: _FlushedAcknowledgement) -> Response | None:
+async def _answer_when_acknowledged(request: Request, result: PutResult,
+                                    listener: FlushListener, flushed: _FlushedAcknowledgement
+                                    ) -> Response | None:
+    broker = flushed.broker
     try:
         await broker.store_service.acknowledged(result)
     finally:
         listener.cancel()  # a timeout or failure is answered here, once
-        left_to_answer = broker.waiters.notify(topic_name, queue_id)  # as _store_and_answer
+        # As _store_and_answer: parked pulls see the records now, whatever happened.
+        left_to_answer = broker.waiters.notify(flushed.topic_name, flushed.queue_id)
     # Usually answered by the listener already: respond_now then sends nothing again.
-    return await _acknowledge(broker, request, context, queue_id, result,
+    return await _acknowledge(broker, request, flushed.context, flushed.queue_id, result,
                               left_to_answer or flushed.left_to_answer)
 
 
