@@ -10,9 +10,11 @@ brokers) and keeps the client's ``BrokerPool`` addressed at the brokers they nam
 
 A name server that cannot be reached is marked down and the next one is asked; one that
 answers NOT_LEADER (a chain's middle node serves no reads; a joining node holds no
-registry yet) names the one that does, which is asked next. A topic no broker serves is an
-empty route (the producer then sends to any broker, which auto-creates it if allowed), and
-the broker list is refreshed so that such a send has somewhere to go.
+registry yet) names the one that does, which is asked next; when those answers go round
+in a circle (the name servers' views differ for a moment), all are asked again after a
+pause. A topic no broker serves is an empty route (the producer then sends to any broker,
+which auto-creates it if allowed), and the broker list is refreshed so that such a send has
+somewhere to go.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import final
+
+import anyio
 
 from tidemq.client._lifecycle import OwnedTaskGroup
 from tidemq.client._pool import BrokerPool, parse_address
@@ -38,6 +42,7 @@ from tidemq.protocol.events import Fields, Response
 logger = logging.getLogger("tidemq.client.namesrv")
 
 NAMESRV_DOWN_MS = 3_000
+NOT_LEADER_PAUSES_S = (0.25, 0.5)  # name servers' views agree again within a ping interval
 
 
 def parse_namesrv(namesrv: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -132,7 +137,20 @@ class NameServerRoutes:
 
     async def call(self, code: RequestCode, fields: Fields) -> Response:
         """Ask the name servers in turn (live ones first) until one answers; follow a
-        NOT_LEADER's hint. Raises the last error when none answered."""
+        NOT_LEADER's hint. Raises the last error when none answered.
+
+        A round that ends on NOT_LEADER with nowhere new to go (it names one already asked,
+        or none) means the name servers' views differ or one is still joining: during a
+        failover or a start, for about one ping interval. The round is asked again after
+        a pause, twice at most."""
+        for pause_s in NOT_LEADER_PAUSES_S:
+            try:
+                return await self._call_round(code, fields)
+            except NotLeader:
+                await anyio.sleep(pause_s)
+        return await self._call_round(code, fields)
+
+    async def _call_round(self, code: RequestCode, fields: Fields) -> Response:
         last_error: TideError | None = None
         tried: set[str] = set()
         queue = list(self._namesrv.live_addresses())

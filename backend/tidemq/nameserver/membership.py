@@ -13,7 +13,9 @@ Modes:
   When the writer dies (or restarts: it answers pings again, but not ready), the first
   live ready member in configured order takes over with
   ``term + 1``; claims are ordered by (term, earlier configured position wins), and every
-  node follows the highest claim it has heard of.
+  node follows the highest claim it has heard of. A writer is judged "not ready" only by
+  an answer it gave after this node adopted its claim: an older one (a cold-start writer
+  said "not ready" until it began) would make a needless takeover.
 * A node starts not ready (empty registry) and becomes ready when the writer pushes it a
   snapshot. On a cold start, when no live member is ready after ``peer_timeout_ms``, the
   first live member in configured order becomes ready (empty) and writer.
@@ -65,9 +67,9 @@ class Membership:
     # -- what pings tell -------------------------------------------------------------------
     def heard(self, peer: str, status: PeerStatus, now_s: float) -> None:
         self._last_seen[peer] = now_s
-        self._status[peer] = status
         if status.writer is not None:
             self.follow(status.writer, status.term)
+        self._status[peer] = status  # after follow(), which forgets a new writer's status
 
     def follow(self, writer: str, term: int) -> bool:
         """Adopt ``writer`` if its claim beats the one followed now. Returns whether the
@@ -84,6 +86,10 @@ class Membership:
         if self.writer is None or self._claim(writer, term) > self._claim(self.writer,
                                                                            self.term):
             self.writer, self.term = writer, term
+            # What we last heard from the new writer itself may predate its claim (a
+            # cold-start writer said "not ready" until it began): judged by that, it would
+            # look restarted and be replaced at once. Its next answer tells.
+            self._status.pop(writer, None)
             return True
         return self._claim(writer, term) >= self._claim(self.writer, self.term)
 
@@ -106,6 +112,14 @@ class Membership:
         status = self._status.get(member)
         return status is not None and status.ready
 
+    def _known_unready(self, member: str) -> bool:
+        """``member`` said it is not ready since we last adopted a claim of it (or is this
+        node, not ready). No answer yet is not "unready"."""
+        if member == self.address:
+            return not self.ready
+        status = self._status.get(member)
+        return status is not None and not status.ready
+
     def status(self) -> PeerStatus:
         return PeerStatus(self.ready, self.writer, self.term)
 
@@ -119,7 +133,7 @@ class Membership:
         if not self.replicated:
             return False
         if self.writer is not None and self.is_live(self.writer, now_s) \
-                and self.is_ready(self.writer):
+                and not self._known_unready(self.writer):
             return False  # sticky: a live writer keeps the role
         # The writer is dead, or alive but not ready: it restarted (empty) and answers
         # pings, yet holds nothing; waiting for it would leave the cluster without one.

@@ -17,6 +17,7 @@ from tidemq.broker.node import Broker
 from tidemq.client._namesrv import NameServerRoutes
 from tidemq.config import NameServerConfig, TidemqConfig
 from tidemq.nameserver import NameServer
+from tidemq.protocol.codes import RequestCode
 from tidemq.testing import embedded_config
 
 
@@ -183,3 +184,52 @@ async def test_an_empty_cluster_view_keeps_the_brokers_known(tmp_path: Path) -> 
             await owned.close()
             nursery.cancel_scope.cancel()
         assert pool.addresses == ("127.0.0.1:10911",)
+
+
+async def test_name_servers_pointing_at_each_other_are_asked_again() -> None:
+    """Two name servers whose views differ for a moment (a failover under way) each say
+    the other serves reads. The client asks the round again after a pause, and gets its
+    answer once they agree. Scripted name servers: such a moment is too short to catch
+    with real ones."""
+    from functools import partial
+
+    from tidemq.client._lifecycle import OwnedTaskGroup
+    from tidemq.client._pool import BrokerPool
+    from tidemq.errors import NotLeader
+    from tidemq.net import serve
+
+    addresses: dict[str, str] = {}
+    asked: list[str] = []
+
+    def scripted(name: str, other: str, disagree_for: int):
+        async def handler(request, context):  # type: ignore[no-untyped-def]
+            asked.append(name)
+            if asked.count(name) <= disagree_for:
+                raise NotLeader("in chain mode the tail serves reads", addresses[other])
+            return request.respond({"answered_by": name})
+        return handler
+
+    async with trio.open_nursery() as nursery:
+        for name, other, disagree_for in (("x", "y", 99), ("y", "x", 2)):
+            listeners = await nursery.start(partial(serve, scripted(name, other,
+                                                                    disagree_for)))
+            host, port = listeners[0]
+            addresses[name] = f"{host}:{port}"
+        pool = BrokerPool((), client_id="t", connect_timeout_ms=1000,
+                          request_timeout_ms=1000, down_for_ms=1000)
+        routes = NameServerRoutes((addresses["x"],), pool, client_id="t",
+                                  connect_timeout_ms=1000, request_timeout_ms=1000)
+        owned = OwnedTaskGroup()
+        await owned.enter()
+        try:
+            pool.bind(owned)
+            routes.bind(owned)
+            with trio.fail_after(10):
+                response = await routes.call(RequestCode.GET_CLUSTER_INFO, {})
+        finally:
+            routes.close()
+            pool.close()
+            await owned.close()
+            nursery.cancel_scope.cancel()
+    assert response.fields["answered_by"] == "y"
+    assert asked == ["x", "y", "x", "y", "x", "y"]  # three rounds: two paused, one answered

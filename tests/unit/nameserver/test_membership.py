@@ -134,6 +134,26 @@ def test_a_writer_restarted_within_the_timeout_is_replaced() -> None:
     assert (restarted.writer, restarted.term, restarted.is_writer) == (B, 2, False)
 
 
+def test_a_writer_adopted_second_hand_is_not_judged_by_an_older_answer() -> None:
+    """Cold start: B last heard A say "not ready" (before A began), then adopts A's claim
+    from A's snapshot push and becomes ready. Judged by that older answer, A looked
+    restarted and B took over (term 2), then A took it back (term 3): the chain's order
+    churned for a while after every node agreed on it."""
+    b = member(B)
+    b.heard(A, PeerStatus(False, None, 0), 0.95)  # A, before it began
+    b.heard(C, PeerStatus(False, None, 0), 0.95)
+    assert b.follow(A, 1)  # A's snapshot push names it writer of term 1
+    b.became_ready()
+    assert b.tick(1.0) is False  # no answer from A since: it keeps the role
+    assert (b.writer, b.term) == (A, 1)
+    assert b.chain(1.0) == [A, B]
+    b.heard(A, ready(A, 1), 1.05)
+    assert b.tick(1.1) is False
+    b.heard(A, PeerStatus(False, None, 0), 1.2)  # an answer after the claim: restarted
+    assert b.tick(1.25) is True
+    assert (b.writer, b.term) == (B, 2)
+
+
 def test_suspect_makes_a_member_dead_until_it_answers() -> None:
     b = member(B)
     b.heard(C, ready(None, 0), 1.0)
