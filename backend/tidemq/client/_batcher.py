@@ -12,12 +12,14 @@ SEND_BATCH), up to ``max_messages`` drafts and ``max_bytes`` of body::
                                             * the answer of the lane's request: the
                                               connection's reader task, through the
                                               request's callback (``BrokerPool.call_nowait``)
+                                            * the dispatch task, for a submitted send to
+                                              an idle lane (``enqueue``: the submitting
+                                              task goes on, and what it submits meanwhile
+                                              joins the request); one pass sends every
+                                              lane handed over since it was started
                                             * a drain task, when the request has to wait (no
-                                              connection yet, no room on it), after a
-                                              MessageIllegal batch, and for a submitted
-                                              send to an idle lane (``enqueue``: the
-                                              submitting task goes on, and what it submits
-                                              meanwhile joins the request)
+                                              connection yet, no room on it), and after a
+                                              MessageIllegal batch
                                             the flight gets the answer (``SendAnswer``), or
                                             each send the error; one event wakes the
                                             awaiting sends (``send``), and one call of
@@ -240,6 +242,8 @@ class SendBatcher:
         self.max_bytes = max_bytes
         self._on_answered = on_answered
         self._lanes: dict[MessageQueue, _Lane] = {}
+        self._to_dispatch: deque[tuple[MessageQueue, _Lane]] = deque()
+        self._dispatching = False
         self.requests = 0
         """Requests sent so far (for tests and statistics)."""
 
@@ -307,9 +311,43 @@ class SendBatcher:
         flight.notify = True
         if not lane.busy:
             # Not sent from here: the submitting task goes on handing messages over, and
-            # they join this request until the drain task, started now, runs.
-            self._start_drain(target, lane, None)
+            # they join this request until the dispatch pass runs.
+            self._dispatch_soon(target, lane)
         return flight
+
+    def _dispatch_soon(self, target: MessageQueue, lane: _Lane) -> None:
+        """Have the next dispatch pass send the idle lane's request. One task sends every
+        lane handed over until it runs: a submitting task spread over many queues (16
+        topics x 8 queues in W6) used to start a drain task per queue, ~one per message."""
+        lane.busy = True
+        self._to_dispatch.append((target, lane))
+        if self._dispatching:
+            return
+        try:
+            self._owned.task_group.start_soon(self._dispatch, name="tidemq.producer.dispatch")
+        except RuntimeError:  # the producer is closed
+            self._fail_to_dispatch()
+            return
+        self._dispatching = True
+
+    async def _dispatch(self) -> None:
+        """The dispatch pass: each lane handed over goes on from ``_pump`` (its request
+        sent through a callback, or by a drain task when it has to wait)."""
+        try:
+            with self._owned.guard():
+                while self._to_dispatch:
+                    target, lane = self._to_dispatch.popleft()
+                    lane.busy = False
+                    self._pump(target, lane)
+        finally:
+            self._dispatching = False
+            self._fail_to_dispatch()  # left only when closed (cancelled) meanwhile
+
+    def _fail_to_dispatch(self) -> None:
+        while self._to_dispatch:
+            target, lane = self._to_dispatch.popleft()
+            lane.busy = False
+            self._fail_lane(target, lane, None)
 
     def _join(self, target: MessageQueue, waiter: QueuedSend) -> tuple[Flight, _Lane]:
         """Put ``waiter`` in the flight being gathered for ``target`` (or a new one)."""

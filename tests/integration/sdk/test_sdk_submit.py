@@ -65,6 +65,43 @@ async def test_submitted_sends_are_each_stored_once_where_their_results_say(
     assert bodies == [b"m%d" % index for index in range(2000)]
 
 
+class _TaskNames(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.spawned: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned.append(task.name)
+
+
+async def test_submits_spread_over_many_queues_share_one_dispatch_task(
+        embedded_broker: EmbeddedBroker) -> None:
+    """W6's shape (many topics x queues, few messages per queue in flight): the lanes
+    made busy in one scheduler pass are sent by one task, not a task each."""
+    topics = [f"spread-{n}" for n in range(4)]
+    async with Admin(brokers=[embedded_broker.address]) as admin:
+        for topic in topics:
+            await admin.create_topic(topic, queue_count=8)
+    names = _TaskNames()
+    async with Producer(brokers=[embedded_broker.address]) as producer:
+        for topic in topics:
+            await producer.send_batch(topic, [b"warm-up"] * 8)  # routes, connection
+        trio.lowlevel.add_instrument(names)
+        try:
+            handles = [await producer.submit(topic, b"%s %d" % (topic.encode(), index))
+                       for index in range(8) for topic in topics]
+            queues = {(h.result().topic, h.result().queue_id) for h in
+                      [await h and h for h in handles]}
+        finally:
+            trio.lowlevel.remove_instrument(names)
+    assert len(queues) >= len(topics)  # a queue of each topic at least: as many lanes
+    started = [name for name in names.spawned if name.startswith("tidemq.producer")]
+    assert started == ["tidemq.producer.dispatch"], started
+    for topic in topics:
+        bodies = sorted(m.body for m in await _consume(embedded_broker, topic, 16))
+        assert bodies == sorted([b"warm-up"] * 8 + [b"%s %d" % (topic.encode(), index)
+                                                    for index in range(8)])
+
+
 async def test_leaving_the_producer_normally_waits_for_what_was_submitted(
         embedded_broker: EmbeddedBroker) -> None:
     async with Producer(brokers=[embedded_broker.address]) as producer:

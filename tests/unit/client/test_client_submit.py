@@ -135,6 +135,22 @@ async def test_leaving_on_an_error_fails_what_is_still_in_flight() -> None:
     assert all(isinstance(pending.exception(), ConnectionClosed) for pending in handles)
 
 
+async def test_leaving_before_the_dispatch_pass_ran_fails_what_was_submitted() -> None:
+    handles: list[PendingSend] = []
+
+    async def give_up_at_once() -> None:
+        async with scripted_producer() as (producer, _network):
+            handles.extend([await producer.submit("orders", b"x") for _ in range(3)])
+            assert producer._batcher is not None
+            assert producer._batcher._to_dispatch  # handed over, not sent yet
+            raise ValueError("the application gives up")
+
+    with pytest.raises(ValueError, match="gives up"):
+        await give_up_at_once()
+    assert len(handles) == 3
+    assert all(isinstance(pending.exception(), ConnectionClosed) for pending in handles)
+
+
 async def test_a_send_still_in_flight_has_no_result_yet() -> None:
     async with scripted_producer() as (producer, _network):
         pending = await producer.submit("orders", b"x")
