@@ -175,3 +175,36 @@ async def test_with_sync_flush_the_reader_appends_and_a_flush_listener_acknowled
     # client would have met an answer without a request).
     assert [from_listener for _, from_listener in acknowledged] == [True] * 5
     assert not [r for r in caplog.records if r.message == "response_without_waiter"]
+
+
+async def test_with_sync_flush_a_burst_on_one_connection_is_appended_on_the_reader(
+        sync_broker: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync send's answer waits for the fsync in a handler task, but the sends read with
+    it are appended on the reader too (they used to queue behind that task, each then
+    handled from the start in a task of its own)."""
+    broker, started = sync_broker
+    async with await connect(started.host, started.port, client_id="t") as client:
+        await client.call(RequestCode.CREATE_TOPIC, {"topic": "burst", "queue_count": 4})
+        for queue_id in range(4):  # makes the queues' segments
+            await client.call(RequestCode.SEND_MESSAGE, {"topic": "burst", "queue_id": queue_id},
+                              encode_draft("burst", b"warm-up"))
+        seen = record_where_puts_run(broker, monkeypatch)
+        answers: list[Response] = []
+
+        async def send(queue_id: int, body: bytes) -> None:
+            answers.append(await client.call(
+                RequestCode.SEND_MESSAGE, {"topic": "burst", "queue_id": queue_id},
+                encode_draft("burst", body)))
+
+        async with trio.open_nursery() as nursery:  # one scheduler pass: one write, one read
+            for n in range(16):
+                nursery.start_soon(send, n % 4, b"%d" % n)
+        for queue_id in range(4):
+            pulled = await client.call(RequestCode.PULL_MESSAGE, {
+                "group": "g", "topic": "burst", "queue_id": queue_id, "offset": 1,
+                "max_count": 10})
+            assert sorted(record.body for record in iter_records(pulled.body)) == \
+                sorted(b"%d" % n for n in range(queue_id, 16, 4))
+    assert len(answers) == 16
+    # (Trio starts the sending tasks in any order.)
+    assert sorted(seen) == sorted(f"now burst/{n % 4} reader" for n in range(16))

@@ -28,7 +28,8 @@ here::
   started when none is parked); workers park between requests rather than exit, since an
   anyio task costs several times more to start than to wake (see ``_admit``).
 * Immediate handling: with an ``immediate_handler``, the reader first offers it each
-  request (when none is queued ahead of it, so requests of a connection start in order). It
+  request (when none that has not started is queued ahead of it, so requests of a
+  connection start in order). It
   answers from the reader's own task what needs no waiting (a broker's send with
   ``flush = "async"``), or hands the request on with ``HandleLater``: to the async handler
   in a worker, or to a continuation of the work it began. This spares a wake-up and a task
@@ -92,12 +93,21 @@ class HandleLater:
     The request goes to a handler worker, which awaits ``continuation()`` when one is given
     (the rest of work the immediate handler began; its result is the answer), or else the
     session's async handler, from the start.
+
+    ``started``: the immediate handler did what the order of requests is about (a broker's
+    send appended its records) and only the answer waits. The requests behind it are then
+    offered to the immediate handler too; otherwise they queue behind it, so that requests
+    of a connection start in order.
     """
 
-    __slots__ = ("continuation",)
+    __slots__ = ("continuation", "started")
 
-    def __init__(self, continuation: Continuation | None = None) -> None:
+    def __init__(self, continuation: Continuation | None = None, *,
+                 started: bool = False) -> None:
+        if started and continuation is None:
+            raise ValueError("a started request needs the continuation that answers it")
         self.continuation = continuation
+        self.started = started
 
 
 HANDLE_LATER: Final = HandleLater()
@@ -137,8 +147,10 @@ class Session:
         self._in_flight_requests = 0
         # The handler pool (see _admit): admitted requests not yet picked up, the wake-up
         # events of idle workers, and whether workers should exit once the queue is empty.
-        self._admitted: collections.deque[tuple[Request, Continuation | None]] = \
+        self._admitted: collections.deque[tuple[Request, Continuation | None, bool]] = \
             collections.deque()
+        self._unstarted_admitted = 0
+        """Admitted requests not picked up that had not started (``HandleLater.started``)."""
         self._idle_workers: list[anyio.Event] = []
         self._workers_closing = False
         self._answered_early: set[int] = set()
@@ -189,6 +201,7 @@ class Session:
                         # Requests that no worker reached (cancelled): no longer in flight.
                         self._in_flight_requests -= len(self._admitted)
                         self._admitted.clear()
+                        self._unstarted_admitted = 0
                     await self._flush_before_close()
                     io_group.cancel_scope.cancel()
         finally:
@@ -384,7 +397,7 @@ class Session:
             if isinstance(event, Response):
                 self._deliver(event)
             elif self._in_flight_requests < self._options.max_in_flight_requests:
-                if self._immediate_handler is not None and not self._admitted:
+                if self._immediate_handler is not None and not self._unstarted_admitted:
                     self._handle_now(event, handler_group)
                     answered_now += 1
                     if answered_now % _ANSWERED_NOW_PER_YIELD == 0:
@@ -433,7 +446,7 @@ class Session:
         except Exception as exc:
             outcome = self._failure_answer(request, exc)
         if isinstance(outcome, HandleLater):
-            self._admit(request, handler_group, outcome.continuation)
+            self._admit(request, handler_group, outcome.continuation, started=outcome.started)
             return
         response = self._checked_answer(request, outcome)
         self._answered_early.discard(request.opaque)  # if it answered itself, it is done
@@ -442,19 +455,23 @@ class Session:
         if self._writer.has_room():
             self._write_response(response)
         else:  # the send queue is full: a worker waits for room, as for any answer
+            # Not "started": with the send queue full, the requests behind it wait too.
             self._admit(request, handler_group, partial(_answer_ready, response))
 
     def _admit(self, request: Request, handler_group: anyio.abc.TaskGroup,
-               continuation: Continuation | None = None) -> None:
+               continuation: Continuation | None = None, *, started: bool = False) -> None:
         """Hand a request (the caller checked the in-flight limit) to a handler worker,
-        which awaits ``continuation()`` if given, else the async handler."""
+        which awaits ``continuation()`` if given, else the async handler. ``started``: see
+        ``HandleLater``."""
         self._in_flight_requests += 1
+        if not started:
+            self._unstarted_admitted += 1
         # Handlers run in a pool of worker tasks rather than a task per request: an anyio
         # task costs far more to start than waking a parked worker. Every queued request
         # has a worker woken (or started) for it, so a handler that blocks (a parked pull)
         # never delays the requests behind it; a worker that finishes early may take a
         # request first, and the woken one then finds the queue empty and parks again.
-        self._admitted.append((request, continuation))
+        self._admitted.append((request, continuation, started))
         if self._idle_workers:
             self._idle_workers.pop().set()
         else:
@@ -467,7 +484,10 @@ class Session:
         admitted = self._admitted
         while True:
             while admitted:
-                await self._handle(*admitted.popleft())
+                request, continuation, started = admitted.popleft()
+                if not started:
+                    self._unstarted_admitted -= 1
+                await self._handle(request, continuation)
             if self._workers_closing or len(self._idle_workers) >= _IDLE_WORKERS_MAX:
                 return
             wake = anyio.Event()

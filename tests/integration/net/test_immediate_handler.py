@@ -172,6 +172,47 @@ async def test_a_request_queued_for_a_worker_keeps_the_ones_behind_it_in_line() 
     assert all(answers[send.opaque] == {"later": True} for send in sends)
 
 
+async def test_a_started_request_does_not_hold_back_the_ones_behind_it() -> None:
+    """A request the immediate handler began and only answers later (a sync send: appended,
+    its answer waits for the fsync) leaves the requests behind it to the reader, even
+    while its continuation is still waiting."""
+    offered: list[int] = []
+    release = anyio.Event()
+
+    async def answer_first(request: Request) -> Response:
+        await release.wait()
+        return request.respond({"first": True})
+
+    def immediate(request: Request, context: ServerConnectionContext
+                  ) -> Response | HandleLater | None:
+        offered.append(request.opaque)
+        if len(offered) == 1:
+            return HandleLater(lambda: answer_first(request), started=True)
+        return request.respond({"now": True})
+
+    async def handler(request: Request, context: ServerConnectionContext) -> Response:
+        raise AssertionError("every request is offered to the immediate handler")
+
+    with anyio.fail_after(GUARD_S):
+        async with running_server(immediate, handler) as address, \
+                RawClient.connected(address) as client:
+            requests = [client.request(RequestCode.SEND_MESSAGE) for _ in range(4)]
+            await client.write(requests)
+            behind = await client.read(3)  # answered while the first one still waits
+            release.set()
+            first = await client.read(1)
+    assert offered == [r.opaque for r in requests]
+    assert sorted(a.opaque for a in behind) == [r.opaque for r in requests[1:]]
+    assert all(a.fields == {"now": True} for a in behind)
+    assert first[0].opaque == requests[0].opaque
+    assert first[0].fields == {"first": True}
+
+
+def test_a_started_request_needs_its_continuation() -> None:
+    with pytest.raises(ValueError, match="needs the continuation"):
+        HandleLater(started=True)
+
+
 async def test_a_burst_answered_on_the_reader_lets_other_tasks_run() -> None:
     answered = 0
     answered_at_ticks: list[int] = []  # how many were answered, each time another task ran

@@ -12,7 +12,8 @@ task is woken for the request and no task switch comes between the append, the p
 pulls' answers and the acknowledgement. With ``flush = "sync"`` the append happens there too
 (the flush starts a scheduler pass sooner), the acknowledgement is sent by a flush listener
 as the fsync is published (``StoreService.when_flushed``), and a handler task waits to
-report a timeout or failure. A send
+report a timeout or failure; the sends behind it on the connection are still appended on
+the reader (``HandleLater(started=True)``: only its answer waits). A send
 that must wait before its append (its topic is auto-created and saved first, its queue's
 segment is being made) goes to ``handle_send`` in a task, as all did before.
 
@@ -74,11 +75,11 @@ def send_now(broker: Broker, request: Request, context: ServerConnectionContext
                                           _answer(broker, request, queue_id, result))
         listener = service.when_flushed(result.end_offset, flushed.on_flushed)
         return HandleLater(partial(_answer_when_acknowledged, request, result, listener,
-                                   flushed))
+                                   flushed), started=True)
     left_to_answer = broker.waiters.notify(topic_name, queue_id)
     answer = _answer(broker, request, queue_id, result)
     if left_to_answer:
-        return HandleLater(partial(_answer_after_woken_pulls, answer))
+        return HandleLater(partial(_answer_after_woken_pulls, answer), started=True)
     return answer  # written right behind the pulls' answers
 
 
