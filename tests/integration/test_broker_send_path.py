@@ -5,6 +5,7 @@ and save, a queue segment being made, an fsync), with the records in order eithe
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ import trio
 
 from tidemq.broker.node import Broker, BrokerStarted
 from tidemq.config import BrokerConfig, StoreConfig, TidemqConfig
+from tidemq.errors import FlushTimeout
 from tidemq.net import ServerConnectionContext, connect
 from tidemq.protocol.codes import RequestCode
 from tidemq.protocol.events import Response
 from tidemq.protocol.record import encode_draft, iter_records
 from tidemq.store import PutResult
+from tidemq.store.mapped_file import MappedFile
 
 WORKER_TASK = "tidemq.net.handler"  # the name net gives its handler tasks
 
@@ -208,3 +211,45 @@ async def test_with_sync_flush_a_burst_on_one_connection_is_appended_on_the_read
     assert len(answers) == 16
     # (Trio starts the sending tasks in any order.)
     assert sorted(seen) == sorted(f"now burst/{n % 4} reader" for n in range(16))
+
+
+async def test_with_sync_flush_a_late_fsync_is_answered_flush_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync send whose fsync does not finish within ``sync_flush_timeout_ms`` is answered
+    FLUSH_TIMEOUT (written, not known to be on disk), once, and the broker goes on: the
+    record is readable, and sends are acknowledged again once the disk answers."""
+    broker = Broker(TidemqConfig(
+        broker=BrokerConfig(port=0),
+        store=StoreConfig(data_dir=str(tmp_path / "late"), flush="sync",
+                          segment_size_bytes=8 << 20, index_slots=1024,
+                          index_entries_per_file=16384, sync_flush_timeout_ms=300)))
+    release = threading.Event()
+    sync = MappedFile.sync
+
+    def hanging_sync(mapped: MappedFile) -> None:
+        release.wait(10)
+        sync(mapped)
+
+    async with trio.open_nursery() as nursery:
+        started = await nursery.start(broker.run)
+        async with await connect(started.host, started.port, client_id="t") as client:
+            await client.call(RequestCode.CREATE_TOPIC, {"topic": "late", "queue_count": 1})
+            await client.call(RequestCode.SEND_MESSAGE, {"topic": "late", "queue_id": 0},
+                              encode_draft("late", b"warm-up"))
+            monkeypatch.setattr(MappedFile, "sync", hanging_sync)
+            with trio.fail_after(5):
+                with pytest.raises(FlushTimeout):
+                    await client.call(RequestCode.SEND_MESSAGE, {"topic": "late", "queue_id": 0},
+                                      encode_draft("late", b"not known on disk"))
+            pulled = await client.call(RequestCode.PULL_MESSAGE, {
+                "group": "g", "topic": "late", "queue_id": 0, "offset": 0, "max_count": 10})
+            assert [record.body for record in iter_records(pulled.body)] == \
+                [b"warm-up", b"not known on disk"]
+            release.set()
+            monkeypatch.setattr(MappedFile, "sync", sync)
+            with trio.fail_after(5):
+                answer = await client.call(RequestCode.SEND_MESSAGE,
+                                           {"topic": "late", "queue_id": 0},
+                                           encode_draft("late", b"on disk again"))
+            assert answer.fields["first_queue_offset"] == 2
+        nursery.cancel_scope.cancel()
