@@ -74,8 +74,8 @@ def send_now(broker: Broker, request: Request, context: ServerConnectionContext
         flushed = _FlushedAcknowledgement(broker, context, topic_name, queue_id,
                                           _answer(broker, request, queue_id, result))
         listener = service.when_flushed(result.end_offset, flushed.on_flushed)
-        return HandleLater(partial(_answer_when_acknowledged, request, result, listener,
-                                   flushed), started=True)
+        return HandleLater(partial(_answer_when_acknowledged, result, listener, flushed),
+                           started=True)
     left_to_answer = broker.waiters.notify(topic_name, queue_id)
     answer = _answer(broker, request, queue_id, result)
     if left_to_answer:
@@ -115,7 +115,8 @@ async def _store_and_answer(broker: Broker, request: Request, context: ServerCon
         # and parked pulls must see them now, not at their timeout. Most are answered
         # right here, from this task (long_polling).
         left_to_answer = broker.waiters.notify(topic_name, queue_id)
-    return await _acknowledge(broker, request, context, queue_id, result, left_to_answer)
+    return await _acknowledge(context, _answer(broker, request, queue_id, result),
+                              left_to_answer)
 
 
 @dataclass(slots=True)
@@ -138,9 +139,8 @@ class _FlushedAcknowledgement:
             self.context.respond_now(self.answer)
 
 
-async def _answer_when_acknowledged(request: Request, result: PutResult,
-                                    listener: FlushListener, flushed: _FlushedAcknowledgement
-                                    ) -> Response | None:
+async def _answer_when_acknowledged(result: PutResult, listener: FlushListener,
+                                    flushed: _FlushedAcknowledgement) -> Response | None:
     broker = flushed.broker
     try:
         await broker.store_service.acknowledged(result)
@@ -149,14 +149,12 @@ async def _answer_when_acknowledged(request: Request, result: PutResult,
         # As _store_and_answer: parked pulls see the records now, whatever happened.
         left_to_answer = broker.waiters.notify(flushed.topic_name, flushed.queue_id)
     # Usually answered by the listener already: respond_now then sends nothing again.
-    return await _acknowledge(broker, request, flushed.context, flushed.queue_id, result,
+    return await _acknowledge(flushed.context, flushed.answer,
                               left_to_answer or flushed.left_to_answer)
 
 
-async def _acknowledge(broker: Broker, request: Request, context: ServerConnectionContext,
-                       queue_id: int, result: PutResult, left_to_answer: bool
-                       ) -> Response | None:
-    answer = _answer(broker, request, queue_id, result)
+async def _acknowledge(context: ServerConnectionContext, answer: Response | None,
+                       left_to_answer: bool) -> Response | None:
     if not left_to_answer and answer is not None and context.respond_now(answer):
         # Right behind the pulls' answers: the peers they wake (often one process, on a
         # shared core) find both, and this process sleeps again sooner.
